@@ -1,0 +1,36 @@
+# One-command set-up and the project's entry points. Every target sets up first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-complete
+ARCH := $(shell uname -m)
+# torch/torchvision pairs that import and run together on these machines (override to taste).
+ifeq ($(ARCH),aarch64)
+TORCH_PACKAGES ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: setup test demo bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml tools/install_detectron2.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PACKAGES)
+	$(PY) -m pip install -e '.[test]'
+	$(PY) tools/install_detectron2.py
+	$(PY) -c "import dsanet, detectron2; print('dsanet', dsanet.__version__, '| detectron2', detectron2.__version__)"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests
+
+demo: setup
+	$(PY) projects/DSANet/train_net.py --config-file projects/DSANet/configs/Demo/dsanet_conf_tiny_synthetic.py --demo
+
+bench: setup
+	$(PY) benchmarks/run_all.py --output output/bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,235 @@
+"""Everything that depends on which detectron2 (and which torch, numpy, Pillow, setuptools) is installed.
+
+detectron2 is not on PyPI; where GitHub is out of reach, ``make setup`` installs the pure-Python
+sources of v0.6 without their compiled ops (see ``tools/install_detectron2.py``). Those sources
+predate today's numpy, Pillow, setuptools and torch. Each shim below fixes one such gap, says why
+in one line, and does nothing where the installed detectron2 does not need it.
+``apply()`` runs when ``dsanet`` is imported; import ``dsanet`` before ``detectron2.layers``.
+"""
+import importlib
+import importlib.util
+import logging
+import re
+import sys
+import types
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy
+import torch
+
+__all__ = ["apply", "MissingCompiledOpError", "launch", "create_ddp_model", "has_compiled_ops"]
+
+logger = logging.getLogger(__name__)
+
+FULL_BUILD_HINT = (
+    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
+    "on a machine that reaches GitHub, with a C++ compiler (and nvcc for the CUDA ops); "
+    "see README.md, 'GPU users: the full detectron2 build'"
+)
+
+# detectron2 modules that run `from detectron2 import _C` at import time (none used by RetinaNet).
+_MODULES_IMPORTING_C = (
+    "detectron2.layers.deform_conv",
+    "detectron2.layers.rotated_boxes",
+    "detectron2.layers.roi_align_rotated",
+    "detectron2.evaluation.fast_eval_api",
+)
+# detectron2 modules that use numpy aliases removed in numpy 1.24.
+_MODULES_USING_NUMPY_ALIASES = (
+    "detectron2.data.build",
+    "detectron2.evaluation.sem_seg_evaluation",
+    "detectron2.data.datasets.pascal_voc",
+)
+_NUMPY_ALIASES = {"int": int, "float": float, "str": str}
+
+
+class MissingCompiledOpError(RuntimeError):
+    """A compiled detectron2 op was called, but this detectron2 was installed without them."""
+
+
+class _MissingCompiledOps(types.ModuleType):
+    """Stands in for ``detectron2._C``: importing succeeds, calling any op raises a clear error."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise MissingCompiledOpError(
+            f"detectron2 compiled op '_C.{name}' is not available: this detectron2 was installed "
+            f"without its compiled C++/CUDA ops. For a full build: {FULL_BUILD_HINT}."
+        )
+
+
+def has_compiled_ops() -> bool:
+    """True when ``detectron2._C`` is a real compiled extension."""
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+def _source_of(module_name: str) -> str:
+    """Source text of a detectron2 module, read without importing it or its parents ('' if absent)."""
+    top, *parts = module_name.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level lookup imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    for candidate in (package_dir.joinpath(*parts).with_suffix(".py"),
+                      package_dir.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    return ""
+
+
+def _import_modules_that_need_compiled_ops() -> bool:
+    # Reason: four modules import detectron2._C at import time, so `import detectron2.layers` fails.
+    if has_compiled_ops() or "detectron2._C" in sys.modules:
+        return False
+    import detectron2
+
+    stand_in = _MissingCompiledOps("detectron2._C")
+    sys.modules["detectron2._C"] = stand_in
+    try:
+        for name in _MODULES_IMPORTING_C:
+            importlib.import_module(name)
+    finally:
+        # Only those modules keep the stand-in; `import detectron2._C` elsewhere still fails
+        # honestly (detectron2's collect_env reports it as not built).
+        del sys.modules["detectron2._C"]
+        if getattr(detectron2, "_C", None) is stand_in:
+            delattr(detectron2, "_C")
+    return True
+
+
+def _alias_pillow_linear() -> bool:
+    # Reason: detectron2 v0.6 uses Image.LINEAR as a default argument; Pillow 10 removed that alias.
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR") or "Image.LINEAR" not in _source_of("detectron2.data.transforms.transform"):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
+class _NumpyWithRemovedAliases(types.ModuleType):
+    """numpy, plus the scalar aliases (np.int, np.float, np.str) that numpy 1.24 removed."""
+
+    def __getattr__(self, name: str):
+        if name in _NUMPY_ALIASES:
+            return _NUMPY_ALIASES[name]
+        return getattr(numpy, name)
+
+
+def _restore_numpy_aliases() -> list:
+    # Reason: v0.6 uses np.int/np.float/np.str; given only to the modules that need them, not numpy.
+    if all(hasattr(numpy, alias) for alias in _NUMPY_ALIASES):
+        return []
+    patched = []
+    pattern = re.compile(r"\bnp\.(%s)\b" % "|".join(_NUMPY_ALIASES))
+    for name in _MODULES_USING_NUMPY_ALIASES:
+        if pattern.search(_source_of(name)):
+            module = importlib.import_module(name)
+            module.np = _NumpyWithRemovedAliases("numpy")
+            patched.append(name)
+    return patched
+
+
+def _import_model_zoo_without_pkg_resources() -> bool:
+    # Reason: detectron2.model_zoo imports pkg_resources, which setuptools 82 removed.
+    if "import pkg_resources" not in _source_of("detectron2.model_zoo.model_zoo"):
+        return False
+    try:
+        import pkg_resources  # noqa: F401
+        return False
+    except ImportError:
+        pass
+    from importlib.resources import files
+
+    shim = types.ModuleType("pkg_resources")
+    shim.resource_filename = lambda package, resource: str(files(package) / resource)
+    sys.modules["pkg_resources"] = shim
+    try:
+        importlib.import_module("detectron2.model_zoo")
+    finally:
+        del sys.modules["pkg_resources"]  # only detectron2.model_zoo keeps it
+    return True
+
+
+_applied: Optional[dict] = None
+
+
+def apply() -> dict:
+    """Apply every shim that the installed detectron2 needs (idempotent).
+
+    Returns:
+        dict: shim name -> what it did (False / [] where it was a no-op).
+    """
+    global _applied
+    if _applied is None:
+        # Order matters: the Pillow alias must exist before anything imports detectron2.data.
+        _applied = {
+            "pillow_linear_alias": _alias_pillow_linear(),
+            "compiled_ops_stand_in": _import_modules_that_need_compiled_ops(),
+            "numpy_aliases": _restore_numpy_aliases(),
+            "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
+        }
+    return _applied
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed launch on machines without CUDA.
+
+
+def _launcher_supports_cpu() -> bool:
+    # detectron2 after v0.6 picks GLOO itself where CUDA is absent; v0.6 asserts CUDA and uses NCCL.
+    return "GLOO" in _source_of("detectron2.engine.launch")
+
+
+def _cpu_distributed_worker(local_rank: int, main_func: Callable, world_size: int,
+                            num_workers_per_machine: int, machine_rank: int, dist_url: str,
+                            args: tuple, timeout: timedelta) -> None:
+    """detectron2 v0.6's ``_distributed_worker`` with gloo and without CUDA."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    global_rank = machine_rank * num_workers_per_machine + local_rank
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
+                            rank=global_rank, timeout=timeout)
+    num_machines = world_size // num_workers_per_machine
+    for i in range(num_machines):
+        ranks_on_i = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
+        group = dist.new_group(ranks_on_i)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    main_func(*args)
+
+
+def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1,
+           machine_rank: int = 0, dist_url: Optional[str] = None, args: tuple = (),
+           timeout: timedelta = timedelta(minutes=30)) -> None:
+    """``detectron2.engine.launch``, which also runs N processes over gloo where CUDA is absent."""
+    from detectron2.engine import launch as d2_launch
+    from detectron2.engine.launch import _find_free_port
+
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1 or torch.cuda.is_available() or _launcher_supports_cpu():
+        d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
+                  machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
+        return
+    if dist_url == "auto":
+        assert num_machines == 1, "dist_url=auto not supported in multi-machine jobs."
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    logger.info("CUDA is absent: launching %d processes per machine over gloo", num_gpus_per_machine)
+    torch.multiprocessing.spawn(
+        _cpu_distributed_worker, nprocs=num_gpus_per_machine, daemon=False,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+    )
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """``detectron2.engine.create_ddp_model``; on CPU, DDP needs ``device_ids=None``."""
+    from detectron2.engine import create_ddp_model as d2_create_ddp_model
+
+    if not torch.cuda.is_available():
+        kwargs.setdefault("device_ids", None)
+    return d2_create_ddp_model(model, **kwargs)

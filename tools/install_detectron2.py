@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Install detectron2 into the running interpreter's environment, the best way this machine allows.
+
+Order of preference:
+  1. a detectron2 that is already importable (kept as it is);
+  2. the official source build from GitHub, which compiles the C++/CUDA ops (what GPU users want),
+     tried only when GitHub answers;
+  3. the PyPI sdist ``pb1-detectron2==0.6``, checked against a pinned sha256, whose pure-Python
+     ``detectron2`` package is installed on its own (its setup.py cannot build: it lacks the C++
+     sources). ``dsanet.compat`` makes that package run on today's torch, numpy and Pillow.
+
+It ends by printing which detectron2 is installed, from where, and whether the compiled ops are present.
+Run it with the interpreter of the target environment: ``.venv/bin/python tools/install_detectron2.py``.
+"""
+import argparse
+import hashlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import textwrap
+import urllib.request
+from pathlib import Path
+
+GITHUB_SOURCE = "git+https://github.com/facebookresearch/detectron2.git"
+SDIST_NAME = "pb1-detectron2"
+SDIST_VERSION = "0.6"
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+
+
+def pip(*args: str) -> None:
+    subprocess.check_call([sys.executable, "-m", "pip", *args])
+
+
+def detectron2_is_importable() -> bool:
+    return importlib.util.find_spec("detectron2") is not None
+
+
+def github_reachable(timeout_s: float = 5.0) -> bool:
+    try:
+        urllib.request.urlopen("https://github.com", timeout=timeout_s)
+        return True
+    except Exception:
+        return False
+
+
+def install_from_github() -> None:
+    # Builds detectron2._C against the installed torch; needs a compiler (and nvcc for CUDA ops).
+    pip("install", "--no-build-isolation", GITHUB_SOURCE)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def install_pure_python_sdist(workdir: Path) -> None:
+    # pip prepares the sdist's metadata by running its setup.py, which imports torch: hence
+    # --no-build-isolation (torch is installed in this environment already).
+    pip("download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
+        "-d", str(workdir), f"{SDIST_NAME}=={SDIST_VERSION}")
+    (sdist,) = workdir.glob(f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz")
+    actual = sha256_of(sdist)
+    if actual != SDIST_SHA256:
+        sys.exit(f"error: {sdist.name} has sha256 {actual}, expected {SDIST_SHA256}; not installing it")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(workdir, filter="data")
+    source = workdir / f"{SDIST_NAME}-{SDIST_VERSION}" / "detectron2"
+
+    # A minimal package holding only the pure-Python detectron2 (with its model-zoo configs).
+    package_root = workdir / "detectron2-pure-python"
+    shutil.copytree(source, package_root / "detectron2")
+    (package_root / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "detectron2"
+        version = "{SDIST_VERSION}"
+        description = "detectron2 {SDIST_VERSION}, pure-Python part of the {SDIST_NAME} sdist (no compiled ops)"
+
+        [tool.setuptools.packages.find]
+        include = ["detectron2*"]
+
+        [tool.setuptools.package-data]
+        "*" = ["**/*.yaml", "**/*.py"]
+        """))
+    pip("install", "--no-deps", "--no-build-isolation", str(package_root))
+
+
+def report() -> None:
+    code = textwrap.dedent("""\
+        import importlib.util, os, detectron2
+        from importlib.metadata import PackageNotFoundError, distribution
+        try:
+            dist = distribution("detectron2")
+            source = dist.metadata.get("Summary") or dist.metadata["Name"]
+        except PackageNotFoundError:
+            source = "not installed by pip"
+        compiled = importlib.util.find_spec("detectron2._C") is not None
+        print(f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}")
+        print(f"  from: {source}")
+        print(f"  compiled ops (detectron2._C): {'present' if compiled else 'absent'}")
+        """)
+    subprocess.check_call([sys.executable, "-c", code])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force-sdist", action="store_true",
+                        help="skip the GitHub build and install the pure-Python sdist")
+    args = parser.parse_args()
+    if detectron2_is_importable():
+        print("detectron2 is already importable: keeping it")
+    elif not args.force_sdist and github_reachable():
+        print(f"GitHub answers: building detectron2 from {GITHUB_SOURCE}")
+        install_from_github()
+    else:
+        print(f"GitHub is out of reach: installing the pure-Python part of {SDIST_NAME}=={SDIST_VERSION}")
+        with tempfile.TemporaryDirectory() as tmp:
+            install_pure_python_sdist(Path(tmp))
+    report()
+
+
+if __name__ == "__main__":
+    main()
