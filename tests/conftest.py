@@ -3,10 +3,19 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from pathlib import Path
+
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims before detectron2 imports)
 import pytest
 import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
+
+from dsanet.modeling import make_resnet_stages
+
+CONFIGS = Path(__file__).resolve().parents[1] / "projects" / "DSANet" / "configs"
 
 TINY_IMAGE_SIZES = ((64, 96), (80, 72))  # odd (H, W) sizes: padding to the FPN stride must work
 
@@ -31,3 +40,26 @@ def make_inputs(num_classes: int = 3, with_gt: bool = True, seed: int = 0) -> li
 @pytest.fixture
 def tiny_inputs() -> list:
     return make_inputs()
+
+
+def narrow_model_config(model, width: int = 16, num_classes: int = 3):
+    """Shrink a project model config (R50-FPN, 256 channels) to a ResNet-18-like CPU toy in place."""
+    model.backbone.bottom_up.stem.out_channels = width
+    model.backbone.bottom_up.stem.norm = "BN"
+    model.backbone.bottom_up.stages = L(make_resnet_stages)(
+        depth=18, stem_width=width, widths=[width, 2 * width, 4 * width, 8 * width], norm="BN")
+    model.backbone.out_channels = 2 * width
+    model.backbone.top_block.in_channels = 8 * width
+    model.head.input_shape = [ShapeSpec(channels=2 * width)] * 5
+    model.head.conv_dims = [2 * width, 2 * width]
+    model.num_classes = num_classes
+    return model
+
+
+def tiny_model(config: str = "common/models/dsanet.py", seed: int = 0, **head_overrides):
+    """Instantiate a project model config, narrowed, with head overrides (e.g. dsa_levels=[])."""
+    model = narrow_model_config(LazyConfig.load(str(CONFIGS / config)).model)
+    for key, value in head_overrides.items():
+        setattr(model.head, key, value)
+    torch.manual_seed(seed)
+    return instantiate(model)

@@ -1,0 +1,127 @@
+"""Spatial attention kinds used by the DSA block.
+
+Each module maps a feature map x (N, C, H, W) to an attention feature of the same shape; the
+residual ``x + gamma * att`` (paper eq. 2) lives in :class:`dsanet.modeling.dsa.DSABlock`.
+
+Naming: N images, C channels, H x W positions, L = H * W, D = C // reduction (query/key dim).
+"""
+import math
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SelfAttention2d",
+    "SpatialAttention2d",
+    "dense_attention",
+    "fused_attention",
+    "ATTENTION_KINDS",
+    "build_attention",
+]
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Reference attention, paper eq. 5: softmax(Q K^T * scale) V, materialising the L x L matrix.
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C). Memory is quadratic in L.
+    """
+    weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)  # (N, L, L)
+    return torch.bmm(weights, v)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The same as :func:`dense_attention`, computed by PyTorch's fused kernels in memory linear in L.
+
+    ``scaled_dot_product_attention`` silently falls back to the quadratic math path when no
+    fused kernel accepts its inputs. On CPU the fused (flash) kernel needs q, k and v to share
+    their last dimension, each contiguous in it: q and k are zero-padded from D to C, which leaves
+    Q K^T unchanged, and the scale is passed explicitly so it stays 1/sqrt(D). On CUDA the
+    memory-efficient kernel takes D != C directly, in fp32 too.
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C).
+    """
+    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
+        pad = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    # A single head: (N, 1, L, E), contiguous in E.
+    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
+class SelfAttention2d(nn.Module):
+    """Self-attention over all positions of a feature map (paper Fig. 2b, eq. 5).
+
+    Q and K come from convs to C // reduction channels, V from a conv to C channels. With
+    ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
+    half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
+    padded so that the half-resolution grid stays aligned.
+    """
+
+    def __init__(self, channels: int, *, reduction: int = 8, stride: int = 1, kernel_size: int = 1,
+                 fused: bool = True):
+        super().__init__()
+        if channels % reduction:
+            raise ValueError(f"channels={channels} is not divisible by reduction={reduction}")
+        self.qk_dim = channels // reduction
+        self.stride = stride
+        self.fused = fused
+        conv = dict(kernel_size=kernel_size, stride=stride, padding=kernel_size // 2)
+        self.query = nn.Conv2d(channels, self.qk_dim, **conv)
+        self.key = nn.Conv2d(channels, self.qk_dim, **conv)
+        self.value = nn.Conv2d(channels, channels, **conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
+        # channels_last makes the conv outputs (N, l, D|C) contiguous views: no transposed copies,
+        # which keeps forward+backward at P3 of an 800x1333 image under 200 MB on CPU.
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        q, k, v = self.query(x_cl), self.key(x_cl), self.value(x_cl)  # (N, D|C, h, w), h = H / stride
+        n, c, h, w = v.shape
+        q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
+        attend = fused_attention if self.fused else dense_attention
+        out = attend(q, k, v, 1.0 / math.sqrt(self.qk_dim))  # (N, l, C)
+        out = out.transpose(1, 2).reshape(n, c, h, w)
+        if (h, w) != tuple(x.shape[-2:]):
+            out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
+        return out
+
+
+class SpatialAttention2d(nn.Module):
+    """CBAM spatial attention (paper Fig. 2a, eq. 3-4): x * sigmoid(conv7x7([max_c x, mean_c x])).
+
+    Each output position depends only on a 7x7 neighbourhood of the input: no global context.
+    """
+
+    def __init__(self, channels: int, *, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))  # (N, 1, H, W) map shared by all channels
+
+
+# Attention kinds selectable by name in configs (DSA levels map a level to one of these).
+ATTENTION_KINDS: Dict[str, Callable[..., nn.Module]] = {
+    "self": lambda c, r: SelfAttention2d(c, reduction=r),
+    "self_dense": lambda c, r: SelfAttention2d(c, reduction=r, fused=False),
+    "self_half_k1": lambda c, r: SelfAttention2d(c, reduction=r, stride=2, kernel_size=1),
+    "self_half_k3": lambda c, r: SelfAttention2d(c, reduction=r, stride=2, kernel_size=3),
+    "cbam": lambda c, r: SpatialAttention2d(c),
+}
+
+
+def build_attention(kind: str, channels: int, reduction: int = 8) -> nn.Module:
+    """Build an attention module by kind name (a key of :data:`ATTENTION_KINDS`)."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; choose one of {sorted(ATTENTION_KINDS)}")
+    return ATTENTION_KINDS[kind](channels, reduction)

@@ -1,0 +1,76 @@
+"""RetinaNet's head plus the DSA module and the object-confidence output."""
+from typing import List, Sequence, Tuple
+
+import torch
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from torch import nn
+
+from .dsa import DecoupledSelfAttention, LevelSpec, normalize_levels
+
+__all__ = ["DSARetinaNetHead"]
+
+DSA_LOCATIONS = ("before", "after")
+
+
+class DSARetinaNetHead(RetinaNetHead):
+    """:class:`RetinaNetHead` with DSA on chosen levels and an optional object-confidence output.
+
+    With ``dsa_levels`` empty and ``with_confidence=False`` it is RetinaNetHead: same parameters,
+    same outputs.
+
+    Args (beyond RetinaNetHead's):
+        in_features: level names of the features the head receives, in order.
+        dsa_levels: levels that get DSA and their attention kind (``["p4", ...]`` means "self").
+        dsa_shared: one DSA branch for both tasks instead of one per task (paper Table 2).
+        dsa_location: "before" the towers (default), or "after" them, right before the predictors
+            (paper Table 3).
+        dsa_learn_gamma: learned gamma initialised to 0 (default), or gamma fixed to 1 (Table 4).
+        dsa_reduction: query/key channels are C // dsa_reduction.
+        with_confidence: add a 3x3 conv on the classification tower giving one object-confidence
+            logit per anchor (RetinaNet-Conf).
+    """
+
+    def __init__(self, *, in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
+                 dsa_levels: LevelSpec = (), dsa_shared: bool = False, dsa_location: str = "before",
+                 dsa_learn_gamma: bool = True, dsa_reduction: int = 8, with_confidence: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if dsa_location not in DSA_LOCATIONS:
+            raise ValueError(f"dsa_location={dsa_location!r}; choose one of {DSA_LOCATIONS}")
+        if len(in_features) != self._num_features:
+            raise ValueError(f"in_features={list(in_features)} but input_shape has {self._num_features} levels")
+        self.dsa_location = dsa_location
+        self.dsa = None
+        if normalize_levels(dsa_levels):
+            channels = kwargs["input_shape"][0].channels if dsa_location == "before" else kwargs["conv_dims"][-1]
+            self.dsa = DecoupledSelfAttention(in_features=in_features, levels=dsa_levels, channels=channels,
+                                              shared=dsa_shared, learn_gamma=dsa_learn_gamma,
+                                              reduction=dsa_reduction)
+        self.object_confidence = None
+        if with_confidence:
+            num_anchors = self.bbox_pred.out_channels // 4
+            self.object_confidence = nn.Conv2d(kwargs["conv_dims"][-1], num_anchors, kernel_size=3, padding=1)
+            nn.init.normal_(self.object_confidence.weight, std=0.01)
+            nn.init.constant_(self.object_confidence.bias, 0.0)
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], ...]:
+        """
+        Args:
+            features: per level (N, C, Hi, Wi), in ``in_features`` order.
+        Returns:
+            logits: per level (N, A*K, Hi, Wi); bbox_reg: per level (N, A*4, Hi, Wi);
+            and, with confidence, conf: per level (N, A, Hi, Wi) object-confidence logits.
+        """
+        assert len(features) == self._num_features
+        cls_in, reg_in = features, features
+        if self.dsa is not None and self.dsa_location == "before":
+            cls_in, reg_in = self.dsa(features, features)
+        cls_feats = [self.cls_subnet(x) for x in cls_in]
+        reg_feats = [self.bbox_subnet(x) for x in reg_in]
+        if self.dsa is not None and self.dsa_location == "after":
+            cls_feats, reg_feats = self.dsa(cls_feats, reg_feats)
+        logits = [self.cls_score(x) for x in cls_feats]
+        bbox_reg = [self.bbox_pred(x) for x in reg_feats]
+        if self.object_confidence is None:
+            return logits, bbox_reg
+        return logits, bbox_reg, [self.object_confidence(x) for x in cls_feats]

@@ -1,0 +1,121 @@
+"""DSANet: detectron2's RetinaNet plus an object-confidence loss and confidence-fused inference.
+
+The DSA module itself lives in the head (:class:`dsanet.modeling.head.DSARetinaNetHead`); this
+meta-architecture only handles the head's optional third output, the per-anchor confidence.
+"""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import cat
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+
+__all__ = ["DSANet", "fuse_scores"]
+
+
+def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Fused detection score ``cls^(1-alpha) * conf^alpha``, returned as a logit.
+
+    Returning a logit lets detectron2's own decoding (sigmoid, threshold, top-k, NMS) rank by the
+    fused score unchanged. alpha = 0 ranks by classification alone; alpha = 0.5 is the square
+    root of cls * conf, which ranks exactly like the plain product.
+
+    Args:
+        cls_logits: (..., K) classification logits.
+        conf_logits: (..., 1) object-confidence logits, broadcast over the K classes.
+    Returns:
+        (..., K) logits whose sigmoid is the fused score, in [0, 1].
+    """
+    log_score = (1 - alpha) * F.logsigmoid(cls_logits) + alpha * F.logsigmoid(conf_logits)
+    return log_score - torch.log(-torch.expm1(log_score))  # logit(p) = log p - log(1 - p)
+
+
+class DSANet(RetinaNet):
+    """RetinaNet whose head may add DSA and an object-confidence output (RetinaNet-Conf).
+
+    Args (beyond RetinaNet's):
+        conf_loss_weight: weight of ``loss_conf``.
+        score_fusion_alpha: alpha in ``score = cls^(1-alpha) * sigmoid(conf)^alpha`` at inference;
+            0 ranks by classification alone. Default 0.4, as in the authors' RetinaNet-Conf code.
+    """
+
+    def __init__(self, *, conf_loss_weight: float = 1.0, score_fusion_alpha: float = 0.4, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= score_fusion_alpha <= 1.0:
+            raise ValueError(f"score_fusion_alpha={score_fusion_alpha} must lie in [0, 1]")
+        self.conf_loss_weight = conf_loss_weight
+        self.score_fusion_alpha = score_fusion_alpha
+
+    @property
+    def with_confidence(self) -> bool:
+        return getattr(self.head, "object_confidence", None) is not None
+
+    def forward_training(self, images: ImageList, features: List[torch.Tensor],
+                         predictions: List[List[torch.Tensor]],
+                         gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        if not self.with_confidence:
+            return super().forward_training(images, features, predictions, gt_instances)
+        pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        losses["loss_conf"] = self.confidence_loss(anchors, pred_anchor_deltas, pred_conf, gt_labels, gt_boxes)
+        return losses
+
+    @torch.no_grad()
+    def confidence_targets(self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor],
+                           gt_labels: List[torch.Tensor], gt_boxes: List[torch.Tensor]):
+        """Positive anchors and their confidence target: the IoU between the decoded predicted box
+        and the matched ground-truth box.
+
+        Args:
+            anchors: per level Boxes of (Hi*Wi*A, 4).
+            pred_anchor_deltas: per level (N, Hi*Wi*A, 4).
+            gt_labels: per image (R,), R anchors over all levels; K is background, -1 ignored.
+            gt_boxes: per image (R, 4) matched ground-truth boxes (see ``label_anchors``).
+        Returns:
+            pos_mask: (N, R) bool; iou: (P,) targets in [0, 1] for the P positive anchors.
+        """
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        anchors_pos = all_anchors.unsqueeze(0).expand(len(gt_labels), -1, -1)[pos_mask]  # (P, 4)
+        deltas_pos = cat(pred_anchor_deltas, dim=1)[pos_mask].float()  # (P, 4)
+        pred_boxes = self.box2box_transform.apply_deltas(deltas_pos, anchors_pos)
+        iou = matched_pairwise_iou(Boxes(pred_boxes), Boxes(torch.stack(gt_boxes)[pos_mask]))  # (P,)
+        return pos_mask, iou
+
+    def confidence_loss(self, anchors: List[Boxes], pred_anchor_deltas: List[torch.Tensor],
+                        pred_conf: List[torch.Tensor], gt_labels: List[torch.Tensor],
+                        gt_boxes: List[torch.Tensor]) -> torch.Tensor:
+        """Binary cross-entropy of the confidence on positive anchors against their IoU target,
+        normalised like RetinaNet's losses (by the normaliser :meth:`losses` just updated).
+
+        Args:
+            pred_conf: per level (N, Hi*Wi*A, 1) confidence logits; the rest as in
+                :meth:`confidence_targets`.
+        Returns:
+            scalar ``loss_conf``.
+        """
+        pos_mask, iou = self.confidence_targets(anchors, pred_anchor_deltas, gt_labels, gt_boxes)
+        conf = cat(pred_conf, dim=1)[pos_mask].squeeze(-1)  # (P,)
+        loss = F.binary_cross_entropy_with_logits(conf, iou.to(conf.dtype), reduction="sum")
+        return self.conf_loss_weight * loss / self.loss_normalizer
+
+    def forward_inference(self, images: ImageList, features: List[torch.Tensor],
+                          predictions: List[List[torch.Tensor]]) -> List[Instances]:
+        if not self.with_confidence:
+            return super().forward_inference(images, features, predictions)
+        logits, deltas, conf = predictions
+        if self.score_fusion_alpha > 0:
+            num_anchors = conf[0].shape[1]
+            logits = [
+                fuse_scores(  # per level (N, A*K, H, W) with conf (N, A, H, W) -> (N, A*K, H, W)
+                    x.unflatten(1, (num_anchors, self.num_classes)), c.unsqueeze(2), self.score_fusion_alpha
+                ).flatten(1, 2)
+                for x, c in zip(logits, conf)
+            ]
+        return super().forward_inference(images, features, [logits, deltas])
