@@ -1,0 +1,10 @@
+# Table 5, DSANet*(3-7) 1x1: as dsanet_p3half_k1 on a backbone without FPN's top-down path. Paper: 32.8 AP.
+from detectron2.config import LazyConfig
+
+from dsanet.modeling import FPNWithoutTopDown
+
+dataloader, lr_multiplier, model, optimizer, train = LazyConfig.load_rel(
+    "../COCO-Detection/dsanet_R_50_FPN_1x.py", ("dataloader", "lr_multiplier", "model", "optimizer", "train"))
+
+model.backbone._target_ = FPNWithoutTopDown
+model.head.dsa_levels = {"p3": "self_half_k1", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}
