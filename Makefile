@@ -26,8 +26,10 @@ $(STAMP): setup.cfg pyproject.toml tools/install_detectron2.py Makefile
 test: setup
 	$(PY) -m pytest tests
 
+DEMO_OUT := output/demo
 demo: setup
-	$(PY) projects/DSANet/train_net.py --config-file projects/DSANet/configs/Demo/dsanet_conf_tiny_synthetic.py --demo
+	$(PY) projects/DSANet/train_net.py --config-file projects/DSANet/configs/Demo/dsanet_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
+	$(PY) projects/DSANet/visualize_predictions.py --config-file $(DEMO_OUT)/config.yaml --weights $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions --num-images 8
 
 bench: setup
 	$(PY) benchmarks/run_all.py --output output/bench

@@ -9,4 +9,5 @@ train = dict(
     eval_period=5000,
     log_period=20,
     device="cuda",
+    seed=-1,  # < 0: a random seed per run
 )

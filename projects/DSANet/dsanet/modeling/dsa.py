@@ -76,7 +76,7 @@ class DecoupledSelfAttention(nn.Module):
             self.cls_branch, self.reg_branch = branch(), branch()
 
     @staticmethod
-    def _apply(branch: nn.ModuleDict, names: List[str], features: List[torch.Tensor]) -> List[torch.Tensor]:
+    def _attend(branch: nn.ModuleDict, names: List[str], features: List[torch.Tensor]) -> List[torch.Tensor]:
         return [branch[name](x) if name in branch else x for name, x in zip(names, features)]
 
     def forward(self, cls_features: List[torch.Tensor],
@@ -89,9 +89,9 @@ class DecoupledSelfAttention(nn.Module):
             (cls_features, reg_features), each a list of (N, C, Hi, Wi).
         """
         if self.shared:
-            out_cls = self._apply(self.shared_branch, self.in_features, cls_features)
+            out_cls = self._attend(self.shared_branch, self.in_features, cls_features)
             if reg_features is cls_features:  # before the towers: one input, computed once
                 return out_cls, out_cls
-            return out_cls, self._apply(self.shared_branch, self.in_features, reg_features)
-        return (self._apply(self.cls_branch, self.in_features, cls_features),
-                self._apply(self.reg_branch, self.in_features, reg_features))
+            return out_cls, self._attend(self.shared_branch, self.in_features, reg_features)
+        return (self._attend(self.cls_branch, self.in_features, cls_features),
+                self._attend(self.reg_branch, self.in_features, reg_features))

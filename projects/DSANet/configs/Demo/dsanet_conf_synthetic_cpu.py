@@ -1,0 +1,43 @@
+# The main job (`make demo`): DSANet-Conf trained from scratch on the embedded synthetic dataset,
+# on CPU, in a few minutes. A narrow ResNet-18 (BN: no ImageNet weights to freeze), a 64-channel
+# FPN and anchors scaled to 128x128 images (objects of 16-64 pixels).
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from fvcore.common.param_scheduler import CosineParamScheduler
+
+from detectron2.solver import WarmupParamScheduler
+from dsanet.modeling import make_resnet_stages
+
+from ..common.data.synthetic import dataloader
+from ..common.models.dsanet_conf import model
+from ..common.optim import SGD as optimizer
+from ..common.train import train
+
+# Model
+model.backbone.bottom_up.stem.out_channels = 32
+model.backbone.bottom_up.stem.norm = "BN"
+model.backbone.bottom_up.stages = L(make_resnet_stages)(depth=18, stem_width=32, widths=[32, 64, 128, 256], norm="BN")
+model.backbone.out_channels = 64
+model.backbone.top_block.in_channels = 256
+model.head.input_shape = [L(ShapeSpec)(channels=64)] * 5
+model.head.conv_dims = [64, 64]
+model.anchor_generator.sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [16, 32, 64, 128, 256]]
+model.num_classes = 3
+model.pixel_std = [57.375, 57.120, 58.395]  # trained from scratch: normalise to unit variance
+
+# Schedule: 1500 iterations x 8 images = 20 epochs of the 600 training images
+train.max_iter = 1500
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),
+    warmup_length=100 / 1500,
+    warmup_method="linear",
+    warmup_factor=0.01,
+)
+optimizer.lr = 0.02
+
+train.device = "cpu"
+train.output_dir = "output/demo"
+train.eval_period = 1500  # evaluate once, at the end
+train.checkpointer.period = 500
+train.log_period = 50
+train.seed = 0

@@ -1,0 +1,31 @@
+# The embedded synthetic-shapes dataset (dsanet.data.synthetic): 128x128 images, 3 classes,
+# generated on first use into ~/.cache/dsanet (or $DSANET_CACHE). CPU-sized loaders.
+from omegaconf import OmegaConf
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import get_detection_dataset_dicts
+
+from dsanet.evaluation import COCOEvaluatorWithRecall
+
+dataloader = OmegaConf.create()
+
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="synthetic_shapes_train"),
+    mapper=L(DatasetMapper)(
+        is_train=True,
+        augmentations=[L(T.RandomFlip)(horizontal=True)],
+        image_format="BGR",
+    ),
+    total_batch_size=8,
+    num_workers=1,
+)
+
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="synthetic_shapes_val", filter_empty=False),
+    mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="${...train.mapper.image_format}"),
+    num_workers=1,
+)
+
+dataloader.evaluator = L(COCOEvaluatorWithRecall)(dataset_name="${..test.dataset.names}")

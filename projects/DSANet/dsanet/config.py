@@ -1,0 +1,39 @@
+"""Loading a LazyConfig with ``key=value`` overrides, failing with a clear message on bad input."""
+from pathlib import Path
+from typing import List
+
+from detectron2.config import LazyConfig
+from omegaconf import OmegaConf
+
+from .errors import UserInputError
+
+__all__ = ["load_config"]
+
+_ABSENT = object()
+
+
+def _check_override_keys(cfg, overrides: List[str], config_file: str) -> None:
+    """Every plain ``key=value`` override must name a key the config has (``+key=value`` adds one)."""
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if not sep:
+            raise UserInputError(f"override {override!r} is not of the form key=value")
+        if key.startswith(("+", "~")):
+            continue
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise UserInputError(f"override {override!r}: key '{key}' does not exist in {config_file} "
+                                 f"(prefix it with '+' to add a new key)")
+
+
+def load_config(config_file: str, overrides: List[str] = ()):
+    """Load a LazyConfig (.py or a saved .yaml) and apply command-line overrides.
+
+    Raises:
+        UserInputError: the file does not exist, or an override names a key it does not have.
+    """
+    if not Path(config_file).is_file():
+        raise UserInputError(f"--config-file {config_file}: no such file")
+    cfg = LazyConfig.load(config_file)
+    overrides = list(overrides)
+    _check_override_keys(cfg, overrides, config_file)
+    return LazyConfig.apply_overrides(cfg, [o.lstrip("+") for o in overrides])

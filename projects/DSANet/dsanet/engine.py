@@ -1,0 +1,102 @@
+"""Training and evaluation loops for train_net.py, after detectron2's lazyconfig_train_net.py, with
+its gaps closed: --eval-only honours --resume, predictions are saved, results print once, and the
+loss normaliser is checkpointed so a resumed run continues the same run."""
+import logging
+import os
+import pickle
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine.train_loop import HookBase
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from . import compat
+from .errors import UserInputError
+from .evaluation import format_paper_metrics
+
+__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState"]
+
+logger = logging.getLogger("dsanet")
+
+
+class LossNormalizerState(HookBase):
+    """Saves RetinaNet's loss-normaliser EMA with the trainer's checkpoint and restores it on resume
+    (detectron2 keeps it as a plain attribute that no checkpoint holds)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self._model = model.module if hasattr(model, "module") else model
+
+    def state_dict(self) -> Dict[str, float]:
+        value = getattr(self._model, "loss_normalizer", None)
+        return {} if value is None else {"loss_normalizer": float(value)}
+
+    def load_state_dict(self, state_dict: Dict[str, float]) -> None:
+        if "loss_normalizer" in state_dict:
+            self._model.loss_normalizer = float(state_dict["loss_normalizer"])
+
+
+def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:
+    """``resume_or_load`` with one clear error for a missing or unreadable checkpoint.
+
+    Weights whose shapes differ (another number of classes) are skipped and listed by detectron2.
+    """
+    if resume and checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+    elif not path:
+        return
+    elif "://" not in path and not os.path.isfile(path):
+        raise UserInputError(f"train.init_checkpoint={path}: no such file")
+    try:
+        checkpointer.resume_or_load(path, resume=resume)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError) as e:
+        raise UserInputError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from e
+
+
+def do_test(cfg, model: torch.nn.Module) -> Dict:
+    """Evaluate ``model`` on ``cfg.dataloader.test``; predictions and results go to
+    ``<train.output_dir>/inference``. Prints the paper's ten numbers once (main process)."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+        if "bbox" in results:
+            print("The paper's ten numbers (bbox):\n" + format_paper_metrics(results["bbox"]), flush=True)
+    return results
+
+
+def do_train(cfg, *, resume: bool) -> None:
+    """Train ``cfg.model`` with periodic checkpoints, evaluation, console/JSON/TensorBoard logs."""
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = compat.create_ddp_model(model, **cfg.train.ddp)
+    use_amp = cfg.train.amp.enabled and torch.cuda.is_available()
+    trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        LossNormalizerState(model),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                             period=cfg.train.log_period) if comm.is_main_process() else None,
+    ])
+
+    load_weights(checkpointer, cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if start_iter >= cfg.train.max_iter:
+        logger.info("Nothing to train: resumed at iteration %d of %d", start_iter, cfg.train.max_iter)
+        return
+    trainer.train(start_iter, cfg.train.max_iter)

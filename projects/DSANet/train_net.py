@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Train or evaluate DSANet (or RetinaNet) from a LazyConfig file, with detectron2's usual flags.
+
+    train_net.py --config-file configs/COCO-Detection/dsanet_conf_R_50_FPN_1x.py --num-gpus 8
+    train_net.py --config-file CONFIG --eval-only train.init_checkpoint=model_final.pth
+    train_net.py --config-file CONFIG --resume            # continue from the output folder
+    train_net.py --config-file CONFIG train.device=cpu --num-gpus 2   # 2 processes over gloo
+
+Bad input (missing config or checkpoint, unknown override key, unregistered dataset) ends with
+one line naming what is wrong and exit status 2.
+"""
+import logging
+import sys
+
+import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+
+from dsanet import compat
+from dsanet.config import load_config
+from dsanet.data import register_datasets_for
+from dsanet.engine import do_test, do_train, load_weights
+from dsanet.errors import UserInputError
+
+logger = logging.getLogger("dsanet")
+
+
+def setup(args):
+    """Load and check the config, register its datasets; raises UserInputError on bad input."""
+    cfg = load_config(args.config_file, args.opts)
+    register_datasets_for(cfg)
+    return cfg
+
+
+def main(args) -> None:
+    cfg = setup(args)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = compat.create_ddp_model(model)
+        checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
+        load_weights(checkpointer, cfg.train.init_checkpoint, resume=args.resume)
+        do_test(cfg, model)
+    else:
+        do_train(cfg, resume=args.resume)
+
+
+def main_or_exit(args) -> None:
+    try:
+        main(args)
+    except UserInputError as e:
+        if comm.is_main_process():
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        setup(args)  # fail fast, before any process is launched
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    compat.launch(main_or_exit, args.num_gpus, num_machines=args.num_machines,
+                  machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

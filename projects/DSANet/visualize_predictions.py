@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Draw a trained model's detections on images of a registered dataset, with detectron2's Visualizer.
+
+    visualize_predictions.py --config-file output/demo/config.yaml \
+        --weights output/demo/model_final.pth --output output/demo/predictions --num-images 8
+"""
+import argparse
+import os
+import sys
+
+import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import Visualizer
+
+from dsanet.config import load_config
+from dsanet.data import register_datasets_for
+from dsanet.engine import load_weights
+from dsanet.errors import UserInputError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
+    parser.add_argument("--dataset", default=None, help="registered dataset (default: the config's test set)")
+    parser.add_argument("--output", required=True, help="folder for the drawn images")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--score-thresh", type=float, default=0.5)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config_file, args.opts)
+    register_datasets_for(cfg)
+    dataset = args.dataset or cfg.dataloader.test.dataset.names
+    model = instantiate(cfg.model).to(cfg.train.device).eval()
+    load_weights(DetectionCheckpointer(model), args.weights, resume=False)
+    metadata = MetadataCatalog.get(dataset)
+    os.makedirs(args.output, exist_ok=True)
+    for record in DatasetCatalog.get(dataset)[: args.num_images]:
+        image = read_image(record["file_name"], format=model.input_format)  # (H, W, 3)
+        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
+        with torch.no_grad():
+            instances = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
+        instances = instances[instances.scores >= args.score_thresh].to("cpu")
+        rgb = image[:, :, ::-1] if model.input_format == "BGR" else image
+        drawn = Visualizer(rgb, metadata, scale=3.0).draw_instance_predictions(instances)
+        path = os.path.join(args.output, os.path.basename(record["file_name"]).rsplit(".", 1)[0] + ".png")
+        drawn.save(path)
+        print(f"{path}: {len(instances)} detections")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
