@@ -35,17 +35,18 @@ def cache_dir(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, cache_dir) -> Path:
     """A run of 4 iterations with a checkpoint every 2, then resumed up to 6."""
     out = tmp_path_factory.mktemp("run")
-    common = ["--config-file", DEMO_CONFIG, *QUICK, f"train.output_dir={out}", "train.checkpointer.period=2",
-              "train.eval_period=0"]
-    run_train_net(*common, "train.max_iter=4", cache_dir=cache_dir)
+    overrides = [*QUICK, f"train.output_dir={out}", "train.checkpointer.period=2", "train.eval_period=0"]
+    run_train_net("--config-file", DEMO_CONFIG, *overrides, "train.max_iter=4", cache_dir=cache_dir)
     (out / "first_run_metrics.json").write_text((out / "metrics.json").read_text())
-    resumed = run_train_net(*common, "train.max_iter=6", "--resume", cache_dir=cache_dir)
+    resumed = run_train_net("--config-file", DEMO_CONFIG, "--resume", *overrides, "train.max_iter=6",
+                            cache_dir=cache_dir)
     (out / "resume_stdout.txt").write_text(resumed.stdout + resumed.stderr)
     return out
 
 
 def iterations_in(metrics_file: Path) -> list:
-    return [json.loads(line)["iteration"] for line in metrics_file.read_text().splitlines() if '"iteration"' in line]
+    """Iterations of the training-loss records in a metrics.json."""
+    return [json.loads(line)["iteration"] for line in metrics_file.read_text().splitlines() if '"total_loss"' in line]
 
 
 def test_training_writes_checkpoints_logs_and_config(trained):
@@ -71,7 +72,7 @@ def test_resume_continues_iteration_optimizer_and_loss_normalizer(trained):
 
 
 def test_eval_only_prints_the_ten_numbers_once_and_saves_predictions(trained, cache_dir, tmp_path):
-    result = run_train_net("--config-file", DEMO_CONFIG, *QUICK, "--eval-only", f"train.output_dir={tmp_path}",
+    result = run_train_net("--config-file", DEMO_CONFIG, "--eval-only", *QUICK, f"train.output_dir={tmp_path}",
                            f"train.init_checkpoint={trained / 'model_final.pth'}", cache_dir=cache_dir)
     assert result.stdout.count(TEN_NUMBERS_HEADER) == 1
     saved = json.loads((tmp_path / "inference" / "coco_eval_results.json").read_text())["bbox"]
@@ -79,21 +80,21 @@ def test_eval_only_prints_the_ten_numbers_once_and_saves_predictions(trained, ca
     assert (tmp_path / "inference" / "coco_instances_results.json").is_file()
 
     # The saved config.yaml reproduces the run's numbers.
-    again = run_train_net("--config-file", trained / "config.yaml", *QUICK, "--eval-only",
+    again = run_train_net("--config-file", trained / "config.yaml", "--eval-only", *QUICK,
                           f"train.output_dir={tmp_path / 'yaml'}",
                           f"train.init_checkpoint={trained / 'model_final.pth'}", cache_dir=cache_dir)
     assert json.loads((tmp_path / "yaml" / "inference" / "coco_eval_results.json").read_text())["bbox"] == saved
 
 
 def test_eval_only_with_resume_uses_the_last_checkpoint_of_the_output_folder(trained, cache_dir):
-    result = run_train_net("--config-file", DEMO_CONFIG, *QUICK, "--eval-only", "--resume",
+    result = run_train_net("--config-file", DEMO_CONFIG, "--eval-only", "--resume", *QUICK,
                            f"train.output_dir={trained}", cache_dir=cache_dir)
     assert "model_final.pth" in result.stdout + result.stderr
     assert result.stdout.count(TEN_NUMBERS_HEADER) == 1
 
 
 def test_a_checkpoint_with_other_class_count_loads_what_fits(trained, cache_dir, tmp_path):
-    result = run_train_net("--config-file", DEMO_CONFIG, *QUICK, "--eval-only", "model.num_classes=5",
+    result = run_train_net("--config-file", DEMO_CONFIG, "--eval-only", *QUICK, "model.num_classes=5",
                            f"train.output_dir={tmp_path}", f"train.init_checkpoint={trained / 'model_final.pth'}",
                            cache_dir=cache_dir)
     log = result.stdout + result.stderr
@@ -117,7 +118,7 @@ def test_bad_input_gives_one_clear_line_and_exit_2(args, expected, cache_dir):
 def test_a_corrupt_checkpoint_is_named(cache_dir, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"this is not a checkpoint")
-    result = run_train_net("--config-file", DEMO_CONFIG, *QUICK, "--eval-only", f"train.output_dir={tmp_path}",
+    result = run_train_net("--config-file", DEMO_CONFIG, "--eval-only", *QUICK, f"train.output_dir={tmp_path}",
                            f"train.init_checkpoint={corrupt}", cache_dir=cache_dir, check=False)
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
@@ -153,7 +154,7 @@ def test_a_custom_coco_format_dataset_from_the_command_line(trained, cache_dir, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) launch path")
 def test_two_processes_over_gloo_train_a_few_iterations(cache_dir, tmp_path):
-    result = run_train_net("--config-file", DEMO_CONFIG, *QUICK, "--num-gpus", "2", f"train.output_dir={tmp_path}",
+    result = run_train_net("--config-file", DEMO_CONFIG, "--num-gpus", "2", *QUICK, f"train.output_dir={tmp_path}",
                            "train.max_iter=3", "train.eval_period=0", "dataloader.train.total_batch_size=4",
                            cache_dir=cache_dir)
     assert "launching 2 processes" in (result.stdout + result.stderr) or (tmp_path / "model_final.pth").is_file()

@@ -13,7 +13,6 @@ import logging
 import sys
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -21,7 +20,7 @@ from detectron2.utils import comm
 from dsanet import compat
 from dsanet.config import load_config
 from dsanet.data import register_datasets_for
-from dsanet.engine import do_test, do_train, load_weights
+from dsanet.engine import CheckedCheckpointer, do_test, do_train, load_weights
 from dsanet.errors import UserInputError
 
 logger = logging.getLogger("dsanet")
@@ -41,7 +40,7 @@ def main(args) -> None:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = compat.create_ddp_model(model)
-        checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
+        checkpointer = CheckedCheckpointer(model, cfg.train.output_dir)
         load_weights(checkpointer, cfg.train.init_checkpoint, resume=args.resume)
         do_test(cfg, model)
     else:

@@ -10,7 +10,6 @@ import sys
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
@@ -18,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from dsanet.config import load_config
 from dsanet.data import register_datasets_for
-from dsanet.engine import load_weights
+from dsanet.engine import CheckedCheckpointer, load_weights
 from dsanet.errors import UserInputError
 
 
@@ -39,7 +38,7 @@ def main(args: argparse.Namespace) -> None:
     register_datasets_for(cfg)
     dataset = args.dataset or cfg.dataloader.test.dataset.names
     model = instantiate(cfg.model).to(cfg.train.device).eval()
-    load_weights(DetectionCheckpointer(model), args.weights, resume=False)
+    load_weights(CheckedCheckpointer(model), args.weights, resume=False)
     metadata = MetadataCatalog.get(dataset)
     os.makedirs(args.output, exist_ok=True)
     for record in DatasetCatalog.get(dataset)[: args.num_images]:

@@ -3,8 +3,7 @@ its gaps closed: --eval-only honours --resume, predictions are saved, results pr
 loss normaliser is checkpointed so a resumed run continues the same run."""
 import logging
 import os
-import pickle
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -18,7 +17,7 @@ from . import compat
 from .errors import UserInputError
 from .evaluation import format_paper_metrics
 
-__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState"]
+__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState", "CheckedCheckpointer"]
 
 logger = logging.getLogger("dsanet")
 
@@ -39,8 +38,18 @@ class LossNormalizerState(HookBase):
             self._model.loss_normalizer = float(state_dict["loss_normalizer"])
 
 
+class CheckedCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose unreadable files raise one clear UserInputError naming the file."""
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # torch.load and pickle raise many types for a corrupt file
+            raise UserInputError(f"checkpoint {filename} cannot be loaded: {type(e).__name__}: {e}") from e
+
+
 def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:
-    """``resume_or_load`` with one clear error for a missing or unreadable checkpoint.
+    """``resume_or_load`` with one clear error for a missing (or, with CheckedCheckpointer, unreadable) file.
 
     Weights whose shapes differ (another number of classes) are skipped and listed by detectron2.
     """
@@ -50,10 +59,7 @@ def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool
         return
     elif "://" not in path and not os.path.isfile(path):
         raise UserInputError(f"train.init_checkpoint={path}: no such file")
-    try:
-        checkpointer.resume_or_load(path, resume=resume)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError) as e:
-        raise UserInputError(f"checkpoint {path} cannot be loaded: {type(e).__name__}: {e}") from e
+    checkpointer.resume_or_load(path, resume=resume)
 
 
 def do_test(cfg, model: torch.nn.Module) -> Dict:
@@ -83,7 +89,7 @@ def do_train(cfg, *, resume: bool) -> None:
     model = compat.create_ddp_model(model, **cfg.train.ddp)
     use_amp = cfg.train.amp.enabled and torch.cuda.is_available()
     trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
