@@ -7,6 +7,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from detectron2.solver import WarmupParamScheduler
 from dsanet.modeling import make_resnet_stages
+from dsanet.solver import SGDWithGradientClipping
 
 from ..common.data.synthetic import dataloader
 from ..common.models.dsanet_conf import model
@@ -25,19 +26,21 @@ model.anchor_generator.sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for 
 model.num_classes = 3
 model.pixel_std = [57.375, 57.120, 58.395]  # trained from scratch: normalise to unit variance
 
-# Schedule: 1500 iterations x 8 images = 20 epochs of the 600 training images
-train.max_iter = 1500
+# Schedule: 3000 iterations x 8 images = 40 epochs of the 600 training images
+train.max_iter = 3000
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),
-    warmup_length=100 / 1500,
+    warmup_length=100 / 3000,
     warmup_method="linear",
     warmup_factor=0.01,
 )
+optimizer._target_ = SGDWithGradientClipping  # from scratch at batch 8: clip, or it diverges
+optimizer.max_grad_norm = 5.0
 optimizer.lr = 0.02
 
 train.device = "cpu"
 train.output_dir = "output/demo"
-train.eval_period = 1500  # evaluate once, at the end
-train.checkpointer.period = 500
+train.eval_period = 3000  # evaluate once, at the end
+train.checkpointer.period = 1000
 train.log_period = 50
 train.seed = 0

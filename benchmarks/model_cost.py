@@ -1,0 +1,222 @@
+"""Parameters and FLOPs (fvcore) of RetinaNet and the DSANet variants at R50, for one image.
+
+fvcore counts one multiply-add as one flop. PyTorch's fused attention op
+(``aten::scaled_dot_product_attention``) is unknown to fvcore, which would count it as zero; it is
+counted here by :func:`sdpa_flop_jit` as the matrix products of softmax(Q K^T) V, the same as
+fvcore counts the two ``bmm`` of the dense path, so fused and dense models get the same count.
+
+    python benchmarks/model_cost.py --output output/bench [--quick]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections import Counter
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+
+from benchmarks import common
+
+SDPA_OP = "aten::scaled_dot_product_attention"
+# Ops between a zero-padding and the attention call that keep the last dimension as it is.
+_LAST_DIM_KEEPING_OPS = {"aten::contiguous", "aten::unsqueeze", "aten::clone", "aten::to", "aten::squeeze"}
+_PAD_OPS = {"aten::pad", "aten::constant_pad_nd"}
+
+
+def _constant(value: torch._C.Value) -> Any:
+    """The constant a traced value holds (lists of constants too), or raise ValueError."""
+    node = value.node()
+    if node.kind() == "prim::Constant":
+        return value.toIValue()
+    if node.kind() == "prim::ListConstruct":
+        return [_constant(item) if item.node().kind() == "prim::Constant" else None for item in node.inputs()]
+    raise ValueError(f"not a constant: {node.kind()}")
+
+
+def _is_zero_padding_of_last_dim(node: torch._C.Node) -> bool:
+    """True for ``F.pad(x, (left, right))`` with zeros: padding only the last dim, with value 0."""
+    inputs = list(node.inputs())
+    try:
+        pad = _constant(inputs[1])
+        if node.kind() == "aten::pad":
+            mode, value = _constant(inputs[2]), _constant(inputs[3])
+            if mode != "constant":
+                return False
+        else:  # aten::constant_pad_nd(self, pad, value)
+            value = _constant(inputs[2])
+    except (ValueError, IndexError, RuntimeError):
+        return False
+    return len(pad) == 2 and (value is None or value == 0)
+
+
+def true_last_dim(value: torch._C.Value) -> int:
+    """Last dim of a traced tensor as the math sees it: when it was zero-padded on its last dim
+    (as :func:`dsanet.modeling.fused_attention` pads q and k from D to C on CPU), the dim before
+    the padding. Zero columns add nothing to Q K^T, so they are no work of the model's."""
+    dim = get_shape(value)[-1]
+    node = value.node()
+    while node.kind() in _LAST_DIM_KEEPING_OPS:
+        source = next(node.inputs())
+        shape = get_shape(source)
+        if not shape or shape[-1] != dim:
+            return dim
+        node = source.node()
+    if node.kind() in _PAD_OPS and _is_zero_padding_of_last_dim(node):
+        shape = get_shape(next(node.inputs()))
+        if shape:
+            return shape[-1]
+    return dim
+
+
+def sdpa_flop_jit(inputs: List[torch._C.Value], outputs: List[torch._C.Value]) -> int:
+    """fvcore handle for ``aten::scaled_dot_product_attention``: the multiply-adds of
+    softmax(Q K^T) V, i.e. B * Lq * Lk * (Dq + Dv) for q (..., Lq, Dq), k (..., Lk, Dq) and
+    v (..., Lk, Dv), B the product of the leading dims (batch, heads).
+
+    Dq is the true query dim (zero-padding undone, see :func:`true_last_dim`). Softmax, scaling
+    and masks are not counted, as fvcore/detectron2 count no softmax either; a causal mask is
+    not halved (DSANet uses none).
+    """
+    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
+    batch = math.prod(q_shape[:-2])
+    return batch * q_shape[-2] * k_shape[-2] * (true_last_dim(inputs[0]) + v_shape[-1])
+
+
+def configure(analysis: FlopCountAnalysis) -> FlopCountAnalysis:
+    """Count the fused attention op and mute fvcore's warnings about ops it skips."""
+    analysis.set_op_handle(SDPA_OP, sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence the tracer's warnings about Python control flow (the traced path is the one we want)."""
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def module_flops(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Counter:
+    """fvcore flops per operator of a plain module called as ``module(*inputs)`` (eval mode)."""
+    was_training = module.training
+    module.eval()
+    try:
+        with _quiet_tracing(), torch.no_grad():
+            return Counter(configure(FlopCountAnalysis(module, inputs)).by_operator())
+    finally:
+        module.train(was_training)
+
+
+class DetectorOnImage(nn.Module):
+    """A detectron2 detector as a function of one image tensor, returning tensors only, for tracing.
+
+    detectron2.utils.analysis.FlopCountAnalysis does the same with detectron2.export's TracingAdapter
+    and counts the same ops (its ignore list changes nothing fvcore counts: a None handle does not
+    replace fvcore's batch_norm handle), but importing detectron2.export needs caffe2, which the
+    installed detectron2 lacks.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """image (3, H, W) -> boxes (R, 4), scores (R,), classes (R,) of the detections."""
+        instances = self.model([{"image": image}])[0]["instances"]
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def detector_flops(model: nn.Module, image: torch.Tensor) -> Counter:
+    """fvcore flops per operator of a detectron2 detector on one image (3, H, W), eval mode,
+    including pre- and post-processing."""
+    return module_flops(DetectorOnImage(model), (image,))
+
+
+def parameter_count(model: nn.Module) -> int:
+    """All parameters, frozen ones (FrozenBN has none; frozen stem/res2 convs do) included."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_cost_of(model: nn.Module, image_size: Tuple[int, int] = common.FULL_IMAGE_SIZE) -> Dict[str, Any]:
+    """Parameters and flops of an instantiated detector on one synthetic image of ``image_size``."""
+    by_operator = detector_flops(model, common.synthetic_image(image_size).to(next(model.parameters()).device))
+    return {"params": parameter_count(model), "flops": int(sum(by_operator.values())),
+            "flops_by_operator": dict(by_operator), "image_size": list(image_size)}
+
+
+def model_cost(config_path: Union[str, Path], image_size: Tuple[int, int] = common.FULL_IMAGE_SIZE) -> Dict[str, Any]:
+    """Parameters and flops (fvcore: one multiply-add = one flop) of a config's model on one image.
+
+    Args:
+        config_path: a config file, absolute or relative to projects/DSANet/configs.
+        image_size: (H, W) of the image.
+    Returns:
+        dict with ``params``, ``flops``, ``flops_by_operator`` and ``image_size``.
+    """
+    return model_cost_of(common.build_model(config_path, "cpu"), image_size)
+
+
+def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any]:
+    """Count all compared models, print the table, write model_cost.json.
+
+    Counting always runs on CPU: the count does not depend on the device.
+    """
+    started = time.perf_counter()
+    image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
+    print(f"\n== Parameters and FLOPs, R50, one {image_size[0]}x{image_size[1]} image "
+          f"(fvcore: 1 multiply-add = 1 flop; attention counted as softmax(QK^T)V matmuls) ==", flush=True)
+    costs: Dict[str, Dict[str, Any]] = {}
+    for name, config in common.MODELS.items():
+        costs[name] = model_cost(config, image_size)
+        costs[name]["config"] = config
+    base = costs[common.BASELINE]
+    for cost in costs.values():
+        cost["flop_ratio"] = cost["flops"] / base["flops"]
+        cost["param_ratio"] = cost["params"] / base["params"]
+    print_table(costs)
+    result = {"image_size": list(image_size), "quick": quick, "flop_unit": "multiply-add (fvcore)",
+              "models": costs, "machine": common.machine_info("cpu"), "elapsed_s": time.perf_counter() - started}
+    common.write_json(output / "model_cost.json", result)
+    print(f"wrote {output / 'model_cost.json'} ({result['elapsed_s']:.0f} s)", flush=True)
+    return result
+
+
+def print_table(costs: Dict[str, Dict[str, Any]]) -> None:
+    """One row per model: params, GFLOPs, ratios, and the attention's share."""
+    rows = []
+    for name, cost in costs.items():
+        ops = cost["flops_by_operator"]
+        attention = ops.get("scaled_dot_product_attention", 0) + ops.get("bmm", 0)  # fused or dense path
+        rows.append([name, common.fmt(cost["params"] / 1e6, 2), common.fmt(cost["param_ratio"], 3),
+                     common.fmt(cost["flops"] / 1e9, 1), common.fmt(cost["flop_ratio"], 3),
+                     common.fmt(attention / 1e9, 1)])
+    print(common.format_table(["model", "params (M)", "param ratio", "GFLOPs", "FLOP ratio",
+                               "attention GFLOPs (sdpa+bmm)"], rows))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: count and print."""
+    args = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    common.apply_threads(args.threads)
+    run(args.output, quick=args.quick, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

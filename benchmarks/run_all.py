@@ -1,0 +1,69 @@
+"""Run every benchmark in order (attention, model_cost, speed) and write summary.json.
+
+    python benchmarks/run_all.py --output output/bench [--quick]
+
+summary.json maps each model name to its params, flops, flop_ratio, train_step_ratio and
+inference_ratio (ratios against RetinaNet R50), plus the machine the numbers come from.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from benchmarks import attention, common, model_cost, speed
+
+
+def build_summary(costs: Mapping[str, Any], speed_result: Mapping[str, Any], device: str,
+                  settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """summary.json: per model params/flops/ratios, the goals, and machine information."""
+    main = speed_result["cpu"] if isinstance(speed_result["cpu"], dict) else speed_result["gpu"]["batch2_fp32"]
+    models = {}
+    for name in common.MODELS:
+        cost, timing = costs["models"][name], main.get(name, {})
+        models[name] = {"params": cost["params"], "flops": cost["flops"], "flop_ratio": cost["flop_ratio"],
+                        "train_step_ratio": timing.get("train_step_ratio"),
+                        "inference_ratio": timing.get("inference_ratio")}
+    return {"models": models, "baseline": common.BASELINE, "flop_unit": costs["flop_unit"],
+            "image_size": costs["image_size"], "timing": speed_result["main"],
+            "goals": speed_result["goals"], "machine": common.machine_info(device), **settings}
+
+
+def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any]:
+    """All three benchmarks, then summary.json; returns the summary."""
+    started = time.perf_counter()
+    elapsed: Dict[str, float] = {}
+    stage = time.perf_counter()
+    attention_result = attention.run(output, quick=quick, device=device)
+    elapsed["attention"] = time.perf_counter() - stage
+    stage = time.perf_counter()
+    costs = model_cost.run(output, quick=quick, device=device)
+    elapsed["model_cost"] = time.perf_counter() - stage
+    stage = time.perf_counter()
+    speed_result = speed.run(output, quick=quick, device=device, costs=costs["models"])
+    elapsed["speed"] = time.perf_counter() - stage
+    elapsed["total"] = time.perf_counter() - started
+    summary = build_summary(costs, speed_result, device, {
+        "quick": quick, "elapsed_s": elapsed,
+        "attention_budget": {k: attention_result["budget"][k] for k in ("peak_extra_mib", "budget_mib", "pass")},
+    })
+    path = common.write_json(output / "summary.json", summary)
+    print(f"\nwrote {path}; elapsed: " + ", ".join(f"{k} {v:.0f} s" for k, v in elapsed.items()), flush=True)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: run everything."""
+    args = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    common.apply_threads(args.threads)
+    run(args.output, quick=args.quick, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

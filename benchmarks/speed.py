@@ -1,0 +1,282 @@
+"""Training-step time and inference latency of RetinaNet and the DSANet variants (R50), as ratios
+to RetinaNet, with each model's FLOP ratio beside them.
+
+All models live in one process and are timed interleaved (every repeat runs each model once, in
+turn), after one warm-up call each; the median of the repeats is reported. On CPU: batch 1, fp32.
+On CUDA: batch 2 and 16 per GPU, fp32 and AMP (fp16 autocast, GradScaler), with peak memory.
+
+    python benchmarks/speed.py --output output/bench [--quick]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import instantiate
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+from benchmarks import common, model_cost
+
+# The optimizer is the configs' SGD (its parameter groups, momentum, weight decay), with a tiny lr:
+# a step costs the same whatever the lr, and a randomly initialised detector trained at lr 0.01 can
+# diverge within the few timed steps, turning later timings into NaN arithmetic.
+LR = 1e-6
+DSANET_GOAL = 1.10  # DSANet (P4-P7) train step and inference within 1.10x of RetinaNet
+FLOP_GOAL = 1.15  # every time ratio within 1.15x of its FLOP ratio (either side)
+GPU_BATCH_SIZES = (2, 16)
+GPU_PRECISIONS = ("fp32", "amp")
+
+
+@dataclass
+class Runner:
+    """One model with its optimizer and (for AMP) grad scaler."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Optional[Any] = None
+
+
+def build_runner(name: str, config: str, device: str) -> Runner:
+    """Instantiate a config's model (fresh seeded weights) and its SGD optimizer on ``device``."""
+    cfg = common.load_config(config)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).to(device)
+    cfg.optimizer.params.model = model
+    cfg.optimizer.lr = LR
+    return Runner(name, model, instantiate(cfg.optimizer))
+
+
+def _autocast(device: str, amp: bool):
+    """fp16 autocast on CUDA when ``amp``, else nothing."""
+    return torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+
+
+def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, amp: bool = False) -> None:
+    """One SGD iteration: forward with losses, backward, optimizer step (train mode)."""
+    model, optimizer = runner.model, runner.optimizer
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with EventStorage(), _autocast(device, amp):  # detectron2's losses log to an event storage
+        losses = model(batch)
+    loss = sum(losses.values())
+    if amp:
+        runner.scaler.scale(loss).backward()
+        runner.scaler.step(optimizer)
+        runner.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def inference(runner: Runner, images: List[Dict[str, Any]], device: str, amp: bool = False) -> None:
+    """Detections for a batch of images (eval mode, no_grad), post-processing included."""
+    runner.model.eval()
+    with torch.no_grad(), _autocast(device, amp):
+        runner.model(images)
+
+
+def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str, *,
+            train_repeats: Mapping[str, int], inference_repeats: Mapping[str, int], amp: bool = False,
+            memory: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Interleaved, warmed-up timings (and on CUDA peak memory) of every runner, train and inference.
+
+    A model that runs out of memory in its warm-up is reported as "OOM" and left out of the rounds.
+    Returns:
+        name -> {"train_s", "train_times_s", "inference_s", "inference_times_s", ["train_peak_mib",
+        "inference_peak_mib"] | "error"}.
+    """
+    images = [{"image": item["image"]} for item in batch]
+    results: Dict[str, Dict[str, Any]] = {r.name: {} for r in runners}
+    train_calls: Dict[str, Callable[[], None]] = {}
+    inference_calls: Dict[str, Callable[[], None]] = {}
+    for runner in runners:
+        if amp and runner.scaler is None:
+            runner.scaler = torch.amp.GradScaler("cuda")
+        train = functools.partial(train_step, runner, batch, device, amp)
+        infer = functools.partial(inference, runner, images, device, amp)
+        try:  # warm-up here (not in interleaved_times) so that an out-of-memory model is skipped alone
+            train()
+            infer()
+            common.synchronize(device)
+            out_of_memory = False
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:  # outside the except block, whose traceback still holds the tensors
+            results[runner.name] = {"error": "OOM"}
+            runner.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
+        train_calls[runner.name], inference_calls[runner.name] = train, infer
+
+    train_times = common.interleaved_times(train_calls, dict(train_repeats), device, warmup=0)
+    inference_times = common.interleaved_times(inference_calls, dict(inference_repeats), device, warmup=0)
+    for name in train_calls:
+        results[name].update(train_s=common.median(train_times[name]), train_times_s=train_times[name],
+                             inference_s=common.median(inference_times[name]),
+                             inference_times_s=inference_times[name])
+        if memory:
+            results[name]["train_peak_mib"] = common.peak_extra_memory(train_calls[name], device) / common.MiB
+            results[name]["inference_peak_mib"] = common.peak_extra_memory(inference_calls[name], device) / common.MiB
+    if common.is_cuda(device):
+        torch.cuda.empty_cache()
+    return results
+
+
+def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add time ratios against the baseline, FLOP ratios, and time ratio / FLOP ratio, in place."""
+    base = results.get(common.BASELINE, {})
+    for name, row in results.items():
+        row["flop_ratio"] = costs[name]["flop_ratio"]
+        for kind in ("train", "inference"):
+            time_ratio = common.ratio(row.get(f"{kind}_s"), base.get(f"{kind}_s"))
+            key = "train_step_ratio" if kind == "train" else "inference_ratio"
+            row[key] = time_ratio
+            row[f"{key}_over_flop_ratio"] = common.ratio(time_ratio, row["flop_ratio"])
+
+
+def evaluate_goals(results: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The PASS/FAIL goals: DSANet within DSANET_GOAL of RetinaNet, every time ratio within
+    FLOP_GOAL of its FLOP ratio (time ratio / FLOP ratio in [1/FLOP_GOAL, FLOP_GOAL])."""
+    goals = []
+    dsanet = results.get("DSANet", {})
+    for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
+        value = dsanet.get(key)
+        goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x RetinaNet", "value": value,
+                      "pass": value is not None and value <= DSANET_GOAL})
+    for name, row in results.items():
+        if name == common.BASELINE:
+            continue
+        for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
+            value = row.get(f"{key}_over_flop_ratio")
+            goals.append({"goal": f"{name} {label} time ratio / FLOP ratio within {FLOP_GOAL:.2f}x",
+                          "value": value,
+                          "pass": value is not None and 1 / FLOP_GOAL <= value <= FLOP_GOAL})
+    return goals
+
+
+def print_results(title: str, results: Mapping[str, Mapping[str, Any]], memory: bool) -> None:
+    """One row per model: seconds, ratios to RetinaNet, FLOP ratio, time/FLOP ratios (and memory)."""
+    print(f"\n{title}")
+    headers = ["model", "train s", "train ratio", "infer s", "infer ratio", "FLOP ratio",
+               "train/FLOP", "infer/FLOP"]
+    if memory:
+        headers += ["train peak MiB", "infer peak MiB"]
+    rows = []
+    for name, row in results.items():
+        if "error" in row:
+            rows.append([name, row["error"]] + [None] * (len(headers) - 2))
+            continue
+        line = [name, common.fmt(row["train_s"], 3), common.fmt(row["train_step_ratio"], 3),
+                common.fmt(row["inference_s"], 3), common.fmt(row["inference_ratio"], 3),
+                common.fmt(row["flop_ratio"], 3), common.fmt(row["train_step_ratio_over_flop_ratio"], 3),
+                common.fmt(row["inference_ratio_over_flop_ratio"], 3)]
+        if memory:
+            line += [common.fmt(row.get("train_peak_mib"), 0), common.fmt(row.get("inference_peak_mib"), 0)]
+        rows.append(line)
+    print(common.format_table(headers, rows))
+
+
+def default_repeats(quick: bool, device: str) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """(train, inference) timed repeats per model, after one warm-up call each.
+
+    Quick: 2 each. Full on CPU: 5 each, but 3 training steps for DSANet-P3-P7, whose full-resolution
+    P3 attention makes its step about twice as slow as the others' (about 14 s against 7 s on
+    2 cores). CUDA: 10 training steps and 20 inferences.
+    """
+    if quick:
+        return {n: 2 for n in common.MODELS}, {n: 2 for n in common.MODELS}
+    if common.is_cuda(device):
+        return {n: 10 for n in common.MODELS}, {n: 20 for n in common.MODELS}
+    train = {n: 5 for n in common.MODELS}
+    train["DSANet-P3-P7"] = 3
+    return train, {n: 5 for n in common.MODELS}
+
+
+def run(output: Path, quick: bool = False, device: str = "cpu",
+        costs: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
+    """Time all models, print tables and goals, write speed.json.
+
+    Args:
+        costs: model_cost results per model name (with "flop_ratio") at the same image size;
+            computed here when not given.
+    """
+    started = time.perf_counter()
+    image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
+    busy = common.warn_if_busy("speed")
+    if costs is None:
+        costs = model_cost.run(output, quick=quick)["models"]
+    train_repeats, inference_repeats = default_repeats(quick, device)
+    runners = [build_runner(name, config, device) for name, config in common.MODELS.items()]
+    result: Dict[str, Any] = {"image_size": list(image_size), "quick": quick, "device": device, "lr": LR,
+                              "train_repeats": train_repeats, "inference_repeats": inference_repeats,
+                              "warning": busy}
+
+    if common.is_cuda(device):
+        result["cpu"] = "skipped: the CUDA device was measured instead"
+        result["gpu"] = {}
+        for batch_size in GPU_BATCH_SIZES:
+            batch = common.synthetic_batch(image_size, batch_size, device=device)
+            for precision in GPU_PRECISIONS:
+                key = f"batch{batch_size}_{precision}"
+                print(f"  measuring {key} ...", flush=True)
+                results = measure(runners, batch, device, train_repeats=train_repeats,
+                                  inference_repeats=inference_repeats, amp=(precision == "amp"), memory=True)
+                add_ratios(results, costs)
+                result["gpu"][key] = results
+                print_results(f"== {device} ({torch.cuda.get_device_name(device)}), batch {batch_size} per GPU, "
+                              f"{precision}, {image_size[0]}x{image_size[1]}; peak = max_memory_allocated over "
+                              f"one call beyond what was allocated before it ==", results, memory=True)
+        main, main_label = result["gpu"]["batch2_fp32"], "cuda batch 2 fp32"
+    else:
+        print(f"\n== Speed on CPU ({torch.get_num_threads()} threads), batch 1, fp32, {image_size[0]}x{image_size[1]}; "
+              f"train repeats {_repeats_text(train_repeats)}, inference repeats {_repeats_text(inference_repeats)} ==",
+              flush=True)
+        batch = common.synthetic_batch(image_size, 1, device=device)
+        main = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats)
+        add_ratios(main, costs)
+        result["cpu"] = main
+        result["gpu"] = "skipped: no CUDA device (torch.cuda.is_available() is False)"
+        print_results("median seconds; ratios against RetinaNet", main, memory=False)
+        print("GPU measurements (batch 2 and 16, fp32 and AMP, max_memory_allocated): skipped, no CUDA device")
+        main_label = "cpu batch 1 fp32"
+
+    goals = evaluate_goals(main)
+    result.update(main=main_label, goals=goals, machine=common.machine_info(device),
+                  elapsed_s=time.perf_counter() - started)
+    print(f"\nGoals ({main_label}):")
+    for goal in goals:
+        print(f"  {'PASS' if goal['pass'] else 'FAIL'}  {goal['goal']}: {common.fmt(goal['value'], 3)}")
+    common.write_json(output / "speed.json", result)
+    print(f"wrote {output / 'speed.json'} ({result['elapsed_s']:.0f} s)", flush=True)
+    return result
+
+
+def _repeats_text(repeats: Mapping[str, int]) -> str:
+    """"5" when all models share a count, else "5 (DSANet-P3-P7: 3)"."""
+    common_count = max(set(repeats.values()), key=list(repeats.values()).count)
+    others = [f"{name}: {count}" for name, count in repeats.items() if count != common_count]
+    return f"{common_count}" + (f" ({', '.join(others)})" if others else "")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: time and print."""
+    args = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
+    common.apply_threads(args.threads)
+    run(args.output, quick=args.quick, device=args.device)
+
+
+if __name__ == "__main__":
+    main()
