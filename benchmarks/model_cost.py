@@ -107,10 +107,15 @@ def configure(analysis: FlopCountAnalysis) -> FlopCountAnalysis:
 @contextlib.contextmanager
 def _quiet_tracing() -> Iterator[None]:
     """Silence the tracer's warnings about Python control flow (the traced path is the one we want)."""
-    logging.getLogger("fvcore").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    fvcore_logger = logging.getLogger("fvcore")
+    previous_level = fvcore_logger.level
+    fvcore_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        fvcore_logger.setLevel(previous_level)  # leave the caller's logging as it was
 
 
 def module_flops(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Counter:
