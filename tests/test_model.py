@@ -182,8 +182,8 @@ def test_alpha_zero_ranks_like_retinanet_and_fused_scores_stay_in_unit_range():
 def test_fuse_scores_matches_the_formula():
     cls_logits, conf_logits = torch.randn(50, 3) * 6, torch.randn(50, 1) * 6
     expected = cls_logits.sigmoid() ** 0.6 * conf_logits.sigmoid() ** 0.4
-    fused = fuse_scores(cls_logits, conf_logits, alpha=0.4).sigmoid()
-    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fuse_scores(cls_logits, conf_logits, alpha=0.4), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fuse_scores(cls_logits, conf_logits, alpha=0.0), cls_logits.sigmoid())
     product_rank = (cls_logits.sigmoid() * conf_logits.sigmoid()).flatten().argsort()
     assert torch.equal(fuse_scores(cls_logits, conf_logits, 0.5).flatten().argsort(), product_rank)
 

@@ -16,20 +16,22 @@ __all__ = ["DSANet", "fuse_scores"]
 
 
 def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Fused detection score ``cls^(1-alpha) * conf^alpha``, returned as a logit.
+    """Fused detection score ``sigmoid(cls)^(1-alpha) * sigmoid(conf)^alpha``.
 
-    Returning a logit lets detectron2's own decoding (sigmoid, threshold, top-k, NMS) rank by the
-    fused score unchanged. alpha = 0 ranks by classification alone; alpha = 0.5 is the square
-    root of cls * conf, which ranks exactly like the plain product.
+    alpha = 0 is the classification score alone; alpha = 0.5 is the square root of cls * conf,
+    which ranks exactly like the plain product.
 
     Args:
         cls_logits: (..., K) classification logits.
         conf_logits: (..., 1) object-confidence logits, broadcast over the K classes.
     Returns:
-        (..., K) logits whose sigmoid is the fused score, in [0, 1].
+        (..., K) scores in [0, 1].
     """
-    log_score = (1 - alpha) * F.logsigmoid(cls_logits) + alpha * F.logsigmoid(conf_logits)
-    return log_score - torch.log(-torch.expm1(log_score))  # logit(p) = log p - log(1 - p)
+    scores = torch.sigmoid(cls_logits)
+    if alpha == 0:
+        return scores
+    # In place on the (anchors x classes) tensor: at P3 it holds millions of entries.
+    return scores.pow_(1 - alpha).mul_(torch.sigmoid(conf_logits).pow_(alpha))
 
 
 class DSANet(RetinaNet):
@@ -107,15 +109,16 @@ class DSANet(RetinaNet):
 
     def forward_inference(self, images: ImageList, features: List[torch.Tensor],
                           predictions: List[List[torch.Tensor]]) -> List[Instances]:
+        """RetinaNet's inference with the fused score ranking, thresholding and driving NMS."""
         if not self.with_confidence:
             return super().forward_inference(images, features, predictions)
-        logits, deltas, conf = predictions
-        if self.score_fusion_alpha > 0:
-            num_anchors = conf[0].shape[1]
-            logits = [
-                fuse_scores(  # per level (N, A*K, H, W) with conf (N, A, H, W) -> (N, A*K, H, W)
-                    x.unflatten(1, (num_anchors, self.num_classes)), c.unsqueeze(2), self.score_fusion_alpha
-                ).flatten(1, 2)
-                for x, c in zip(logits, conf)
-            ]
-        return super().forward_inference(images, features, [logits, deltas])
+        pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1])  # per level (N, Hi*Wi*A, K | 4 | 1)
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores = [fuse_scores(x[img_idx], c[img_idx], self.score_fusion_alpha)
+                      for x, c in zip(pred_logits, pred_conf)]
+            deltas = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
+        return results
