@@ -367,3 +367,10 @@ def apply_threads(threads: Optional[int]) -> None:
     """Set torch's CPU thread count when one is given."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def main_from_command_line(run: Callable[..., Any], description: str, argv: Optional[Sequence[str]] = None) -> None:
+    """Parse the shared options and call ``run(output, quick=..., device=...)``."""
+    args = add_common_arguments(argparse.ArgumentParser(description=description)).parse_args(argv)
+    apply_threads(args.threads)
+    run(args.output, quick=args.quick, device=args.device)

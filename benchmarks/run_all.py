@@ -13,7 +13,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -60,9 +59,7 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: run everything."""
-    args = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args(argv)
-    common.apply_threads(args.threads)
-    run(args.output, quick=args.quick, device=args.device)
+    common.main_from_command_line(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
