@@ -10,24 +10,13 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import SimpleTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
-from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.solver import LRMultiplier
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from conftest import make_inputs
-
-
-def narrow_resnet18_stages() -> list:
-    """ResNet-18 block layout at a quarter of the width, with BN (trains from scratch)."""
-    widths = [16, 32, 64, 128]
-    in_widths = [16] + widths[:-1]
-    return [
-        ResNet.make_stage(block_class=BasicBlock, num_blocks=2, stride_per_block=[stride, 1],
-                          in_channels=i, out_channels=o, norm="BN")
-        for stride, i, o in zip([1, 2, 2, 2], in_widths, widths)
-    ]
+from dsanet.modeling import make_resnet_stages
 
 
 def tiny_detectron2_retinanet():
@@ -35,7 +24,7 @@ def tiny_detectron2_retinanet():
     cfg = model_zoo.get_config("common/models/retinanet.py").model
     cfg.backbone.bottom_up.stem.out_channels = 16
     cfg.backbone.bottom_up.stem.norm = "BN"
-    cfg.backbone.bottom_up.stages = narrow_resnet18_stages()
+    cfg.backbone.bottom_up.stages = make_resnet_stages(depth=18, stem_width=16, widths=[16, 32, 64, 128], norm="BN")
     cfg.backbone.out_channels = 32
     cfg.backbone.top_block.in_channels = 128
     cfg.head.input_shape = [cfg.head.input_shape[0].__class__(channels=32)] * 5

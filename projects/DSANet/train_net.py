@@ -58,10 +58,11 @@ def main_or_exit(args) -> None:
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    try:
-        setup(args)  # fail fast, before any process is launched
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if args.num_gpus * args.num_machines > 1:
+        try:
+            setup(args)  # fail fast, before processes are launched (one process checks in main)
+        except UserInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     compat.launch(main_or_exit, args.num_gpus, num_machines=args.num_machines,
                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

@@ -88,10 +88,9 @@ class DecoupledSelfAttention(nn.Module):
         Returns:
             (cls_features, reg_features), each a list of (N, C, Hi, Wi).
         """
-        if self.shared:
-            out_cls = self._attend(self.shared_branch, self.in_features, cls_features)
-            if reg_features is cls_features:  # before the towers: one input, computed once
-                return out_cls, out_cls
-            return out_cls, self._attend(self.shared_branch, self.in_features, reg_features)
-        return (self._attend(self.cls_branch, self.in_features, cls_features),
-                self._attend(self.reg_branch, self.in_features, reg_features))
+        cls_branch = self.shared_branch if self.shared else self.cls_branch
+        reg_branch = self.shared_branch if self.shared else self.reg_branch
+        out_cls = self._attend(cls_branch, self.in_features, cls_features)
+        if self.shared and reg_features is cls_features:  # before the towers: one input, computed once
+            return out_cls, out_cls
+        return out_cls, self._attend(reg_branch, self.in_features, reg_features)
