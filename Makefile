@@ -15,7 +15,7 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml tools/install_detectron2.py Makefile
+$(STAMP): setup.cfg setup.py pyproject.toml tools/install_detectron2.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PACKAGES)
 	$(PY) -m pip install -e '.[test]'
@@ -28,8 +28,8 @@ test: setup
 
 DEMO_OUT := output/demo
 demo: setup
-	$(PY) projects/DSANet/train_net.py --config-file projects/DSANet/configs/Demo/dsanet_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
-	$(PY) projects/DSANet/visualize_predictions.py --config-file $(DEMO_OUT)/config.yaml --weights $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions --num-images 8
+	$(PY) train_net.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
+	$(PY) tools/visualize_predictions.py --config-file $(DEMO_OUT)/config.yaml --weights $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions --num-images 8
 
 bench: setup
 	$(PY) benchmarks/run_all.py --output output/bench

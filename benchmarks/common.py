@@ -29,7 +29,7 @@ from tabulate import tabulate
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_ROOT = REPO_ROOT / "projects" / "DSANet" / "configs"
+CONFIG_ROOT = REPO_ROOT / "configs"
 
 MiB = 2 ** 20
 FULL_IMAGE_SIZE: Tuple[int, int] = (800, 1333)
@@ -233,7 +233,7 @@ def call_in_fresh_process(module: str, function: str, *args: Any, pin_malloc: bo
 # --------------------------------------------------------------------------- models and inputs
 
 def config_path(config: Union[str, Path]) -> Path:
-    """A config path as given, or relative to projects/DSANet/configs."""
+    """A config path as given, or relative to configs/."""
     path = Path(config)
     return path if path.is_file() else CONFIG_ROOT / path
 

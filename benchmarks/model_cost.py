@@ -169,7 +169,7 @@ def model_cost(config_path: Union[str, Path], image_size: Tuple[int, int] = comm
     """Parameters and flops (fvcore: one multiply-add = one flop) of a config's model on one image.
 
     Args:
-        config_path: a config file, absolute or relative to projects/DSANet/configs.
+        config_path: a config file, absolute or relative to configs/.
         image_size: (H, W) of the image.
     Returns:
         dict with ``params``, ``flops``, ``flops_by_operator`` and ``image_size``.

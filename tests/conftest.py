@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 
 from dsanet.modeling import make_resnet_stages
 
-CONFIGS = Path(__file__).resolve().parents[1] / "projects" / "DSANet" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 TINY_IMAGE_SIZES = ((64, 96), (80, 72))  # odd (H, W) sizes: padding to the FPN stride must work
 

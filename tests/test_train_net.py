@@ -9,8 +9,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = ROOT / "projects" / "DSANet" / "train_net.py"
-DEMO_CONFIG = ROOT / "projects" / "DSANet" / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
+TRAIN_NET = ROOT / "train_net.py"
+DEMO_CONFIG = ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
 TEN_NUMBERS_HEADER = "AP\tAP50\tAP75\tAPs\tAPm\tAPl\tAR\tARs\tARm\tARl"
 # A few iterations at a small batch keep each run to seconds on two cores.
 QUICK = ["train.log_period=1", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",

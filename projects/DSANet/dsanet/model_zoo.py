@@ -14,9 +14,19 @@ from .errors import UserInputError
 
 __all__ = ["get_config_file", "get_config", "get"]
 
-# The configs live beside the package in the source tree (projects/DSANet/configs), which an
-# editable install (`make setup`) keeps in place.
-CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _configs_root() -> Path:
+    """Where the configs are: inside the installed package (a wheel or ``pip install .`` copies the
+    repository's configs/ to dsanet/configs, see setup.py), else the source tree's top-level
+    configs/ (an editable install, or running from a checkout)."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "configs"
+
+
+CONFIGS_ROOT = _configs_root()
 
 # Trained weights, by config path, once real COCO runs publish them (none yet: we list no
 # numbers or weights we did not produce).
@@ -29,6 +39,9 @@ def get_config_file(config_path: str) -> str:
     if not path.is_file():
         available = sorted(str(p.relative_to(CONFIGS_ROOT)) for p in CONFIGS_ROOT.glob("*/*.py")
                            if p.parent.name != "common")
+        if not available:
+            raise UserInputError(f"no configs found at {CONFIGS_ROOT}: reinstall the project "
+                                 f"(`pip install .` ships configs/ inside the dsanet package)")
         raise UserInputError(f"{config_path} is not among the project's configs in {CONFIGS_ROOT}: "
                              f"choose one of {', '.join(available)}")
     return str(path)

@@ -1,4 +1,4 @@
-# Training options read by projects/DSANet/train_net.py.
+# Training options read by train_net.py.
 train = dict(
     output_dir="./output",
     init_checkpoint="",
