@@ -18,7 +18,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 
 from dsanet import compat
-from dsanet.config import load_config
+from dsanet.config import check_device, load_config
 from dsanet.data import register_datasets_for
 from dsanet.engine import CheckedCheckpointer, do_test, do_train, load_weights
 from dsanet.errors import UserInputError
@@ -29,7 +29,8 @@ logger = logging.getLogger("dsanet")
 def setup(args):
     """Load and check the config, register its datasets; raises UserInputError on bad input."""
     cfg = load_config(args.config_file, args.opts)
-    register_datasets_for(cfg)
+    check_device(cfg)
+    register_datasets_for(cfg, splits=("test",) if args.eval_only else ("train", "test"))
     return cfg
 
 

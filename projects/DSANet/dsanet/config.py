@@ -2,12 +2,13 @@
 from pathlib import Path
 from typing import List
 
+import torch
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
 
 from .errors import UserInputError
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "check_device"]
 
 _ABSENT = object()
 
@@ -37,3 +38,15 @@ def load_config(config_file: str, overrides: List[str] = ()):
     overrides = list(overrides)
     _check_override_keys(cfg, overrides, config_file)
     return LazyConfig.apply_overrides(cfg, [o.lstrip("+") for o in overrides])
+
+
+def check_device(cfg) -> None:
+    """A CUDA config on a machine without CUDA fails here, in one line, not deep inside torch.
+
+    Raises:
+        UserInputError: ``train.device`` names CUDA and no CUDA device is available.
+    """
+    device = str(cfg.train.get("device", "cpu"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"train.device={device}, but this machine has no CUDA device: add train.device=cpu "
+                             f"(configs/Custom/dsanet_conf_small_custom_cpu.py is the CPU recipe for your own data)")

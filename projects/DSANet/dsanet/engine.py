@@ -12,6 +12,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.train_loop import HookBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from . import compat
 from .errors import UserInputError
@@ -59,6 +60,12 @@ def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool
         return
     elif "://" not in path and not os.path.isfile(path):
         raise UserInputError(f"train.init_checkpoint={path}: no such file")
+    elif "://" in path:
+        try:  # fetched (and cached) here so that a failed download is one line, not a traceback
+            PathManager.get_local_path(path)
+        except Exception as e:  # iopath raises URLError, HTTPError, OSError, ... by handler
+            raise UserInputError(f"train.init_checkpoint={path}: cannot be downloaded ({type(e).__name__}: {e}); "
+                                 f"pass a local file, or train.init_checkpoint='' to start from scratch") from e
     checkpointer.resume_or_load(path, resume=resume)
 
 

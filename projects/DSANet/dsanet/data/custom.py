@@ -1,7 +1,7 @@
 """Registering the datasets a config names: custom COCO-format ones declared under the config's
 ``datasets`` key, and the embedded synthetic set on first use."""
 from pathlib import Path
-from typing import Iterable, List, Mapping
+from typing import Iterable, List, Mapping, Sequence
 
 from ..errors import UserInputError
 from .synthetic import DEFAULT_DATASET_NAMES, register_synthetic_dataset
@@ -37,9 +37,9 @@ def register_coco_format_datasets(datasets: Mapping[str, Mapping[str, str]]) -> 
     return registered
 
 
-def dataset_names_in(cfg) -> Iterable[tuple]:
-    """(config key, dataset name) for every dataset the config's data loaders read."""
-    for split in ("train", "test"):
+def dataset_names_in(cfg, splits: Sequence[str] = ("train", "test")) -> Iterable[tuple]:
+    """(config key, dataset name) for every dataset the config's data loaders of ``splits`` read."""
+    for split in splits:
         names = cfg.dataloader.get(split, {}).get("dataset", {}).get("names")
         if names is None:
             continue
@@ -47,8 +47,8 @@ def dataset_names_in(cfg) -> Iterable[tuple]:
             yield f"dataloader.{split}.dataset.names", name
 
 
-def register_datasets_for(cfg) -> None:
-    """Make every dataset that ``cfg`` reads available in detectron2's DatasetCatalog.
+def register_datasets_for(cfg, splits: Sequence[str] = ("train", "test")) -> None:
+    """Make every dataset that ``cfg`` reads for ``splits`` available in detectron2's DatasetCatalog.
 
     Raises:
         UserInputError: a dataset is named that nothing registers, or a declared file is missing.
@@ -56,7 +56,7 @@ def register_datasets_for(cfg) -> None:
     from detectron2.data import DatasetCatalog
 
     register_coco_format_datasets(cfg.get("datasets", None) or {})
-    used = list(dataset_names_in(cfg))
+    used = list(dataset_names_in(cfg, splits))
     if any(name in DEFAULT_DATASET_NAMES for _, name in used):
         register_synthetic_dataset()
     for key, name in used:
@@ -64,3 +64,18 @@ def register_datasets_for(cfg) -> None:
             raise UserInputError(
                 f"{key}: dataset {name!r} is not registered. Declare it under the config's "
                 f"'datasets' key (json_file, image_root) or use one of: {', '.join(sorted(DatasetCatalog.list()))}")
+        _check_dataset_files(key, name)
+
+
+def _check_dataset_files(key: str, name: str) -> None:
+    """A registered COCO-format dataset whose files are absent (COCO itself, on a machine without it)
+    fails before training with the path to fix, not inside the data loader."""
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(name)
+    for field in ("json_file", "image_root"):
+        path = getattr(metadata, field, None)
+        if path and not Path(path).exists():
+            hint = " (detectron2's builtin datasets are read from $DETECTRON2_DATASETS, default ./datasets)" \
+                if name.startswith(("coco_", "keypoints_coco_")) else ""
+            raise UserInputError(f"{key}: dataset {name!r} reads {field} {path}, which does not exist{hint}")

@@ -1,4 +1,5 @@
 """DSANet model pieces: attention kinds, the DSA module, the head, the meta-architecture."""
+from .anchors import octave_anchor_sizes
 from .attention import SelfAttention2d, SpatialAttention2d, build_attention, dense_attention, fused_attention
 from .backbone import FPNWithoutTopDown, make_resnet_stages
 from .dsa import DecoupledSelfAttention, DSABlock
@@ -8,5 +9,5 @@ from .meta_arch import DSANet, fuse_scores
 __all__ = [
     "SelfAttention2d", "SpatialAttention2d", "build_attention", "dense_attention", "fused_attention",
     "FPNWithoutTopDown", "make_resnet_stages", "DecoupledSelfAttention", "DSABlock",
-    "DSARetinaNetHead", "DSANet", "fuse_scores",
+    "DSARetinaNetHead", "DSANet", "fuse_scores", "octave_anchor_sizes",
 ]
