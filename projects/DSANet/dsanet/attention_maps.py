@@ -10,11 +10,13 @@ forward pass, so DSA before or after the towers, decoupled or shared, is read as
 Naming: Q queries, C channels, H x W the level's grid, h x w the attention's key grid
 (H / stride of the attention), D query/key channels.
 """
+import io
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from PIL import Image
 from torch import nn
 
 from .errors import UserInputError
@@ -194,5 +196,9 @@ def draw_attention(image: "numpy.ndarray", point: Sequence[float], maps: List[Le
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100)
     plt.close(fig)
+    # A 256-colour palette keeps the PNG small (about a third) with no visible change to the maps.
+    with Image.open(buffer) as drawn:
+        drawn.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
