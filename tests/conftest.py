@@ -63,3 +63,42 @@ def tiny_model(config: str = "common/models/dsanet.py", seed: int = 0, **head_ov
         setattr(model.head, key, value)
     torch.manual_seed(seed)
     return instantiate(model)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """A command-line script of the repository (tools/..., demo/...) as a module, to call its main()."""
+    import importlib.util
+
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+    """The Demo config trained by train_net.py for 30 iterations (batch 4, no warm-up, so that its
+    scores already separate objects from background), with its real synthetic images.
+
+    Returns a namespace: config (the saved config.yaml), weights (model_final.pth), cache
+    (the DSANET_CACHE it used) and images (validation JPEGs).
+    """
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    out, cache = tmp_path_factory.mktemp("demo_run"), tmp_path_factory.mktemp("demo_cache")
+    overrides = [f"train.output_dir={out}", "train.max_iter=30", "dataloader.train.total_batch_size=4",
+                 "lr_multiplier.warmup_length=0.0", "dataloader.train.num_workers=0",
+                 "dataloader.test.num_workers=0", "train.eval_period=0", "train.seed=0"]
+    env = dict(os.environ, DSANET_CACHE=str(cache), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, str(ROOT / "train_net.py"), "--config-file",
+                             str(CONFIGS / "Demo" / "dsanet_conf_synthetic_cpu.py"), *overrides],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = sorted((cache / "synthetic_shapes" / "val").glob("*.jpg"))
+    return SimpleNamespace(config=out / "config.yaml", weights=out / "model_final.pth", cache=cache, images=images)

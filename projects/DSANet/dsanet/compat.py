@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy
 import torch
 
-__all__ = ["apply", "MissingCompiledOpError", "launch", "create_ddp_model", "has_compiled_ops"]
+__all__ = ["apply", "MissingCompiledOpError", "launch", "create_ddp_model", "has_compiled_ops", "tracing_adapter_class"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +233,35 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     if not torch.cuda.is_available():
         kwargs.setdefault("device_ids", None)
     return d2_create_ddp_model(model, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Export.
+
+
+def tracing_adapter_class() -> type:
+    """``detectron2.export.TracingAdapter``, also where ``import detectron2.export`` fails.
+
+    Reason: v0.6's ``detectron2/export/__init__.py`` imports its caffe2 exporter, and caffe2 left
+    torch in 2.0; the tracing adapter itself (``export/flatten.py``) needs none of it, so there
+    it is loaded alone and ``detectron2.export`` stays unimportable, honestly.
+    """
+    try:
+        from detectron2.export import TracingAdapter
+        return TracingAdapter
+    except ImportError as e:
+        if "caffe2" not in str(e):
+            raise
+    if "detectron2.export.flatten" not in sys.modules:
+        import detectron2
+
+        package = types.ModuleType("detectron2.export")
+        package.__path__ = [str(Path(detectron2.__file__).parent / "export")]
+        sys.modules["detectron2.export"] = package
+        try:
+            importlib.import_module("detectron2.export.flatten")
+        finally:
+            del sys.modules["detectron2.export"]  # only flatten and torchscript_patch stay loaded
+            if getattr(detectron2, "export", None) is package:
+                delattr(detectron2, "export")
+    return sys.modules["detectron2.export.flatten"].TracingAdapter

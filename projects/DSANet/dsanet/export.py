@@ -1,0 +1,192 @@
+"""Export DSANet to TorchScript and ONNX, and run the exported graphs with the model's own post-processing.
+
+What is inside the exported graph, for one image (3, H, W) of any size, float, in the model's
+input format (BGR for the configs of this project):
+    normalisation and padding (``preprocess_image``) -> backbone + FPN -> DSA -> head towers ->
+    per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi) and, with
+    object confidence, confidence logits (1, A, Hi, Wi) and the fused score
+    ``sigmoid(cls)^(1-alpha) * sigmoid(conf)^alpha`` as (1, Hi*Wi*A, K).
+What is post-processing, in Python, shared with eager PyTorch (:func:`postprocess` calls the
+model's own ``inference_single_image``): anchors, score threshold, top-k, box decoding,
+per-class NMS (detectron2's ``batched_nms``) and rescaling to the requested output size.
+Keeping NMS out of the graph is what makes the exported model give the same detections as eager
+(detectron2 issue 5431: RetinaNet exported with its own decoding gives wrong or no boxes).
+"""
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Instances
+
+from . import compat
+from .modeling.meta_arch import fuse_scores
+
+__all__ = [
+    "RAW_OUTPUTS",
+    "output_names",
+    "raw_head_outputs",
+    "tracing_adapter",
+    "export_torchscript",
+    "export_onnx",
+    "OnnxRunner",
+    "postprocess",
+    "median_time",
+    "max_abs_difference",
+    "compare_detections",
+]
+
+# Kinds of per-level outputs in the graph, in the order they are flattened (all levels of one
+# kind, then the next kind).
+RAW_OUTPUTS = ("cls_logits", "box_deltas", "conf_logits", "scores")
+
+
+def _output_kinds(model: torch.nn.Module) -> Tuple[str, ...]:
+    return RAW_OUTPUTS if model.with_confidence else RAW_OUTPUTS[:2] + ("scores",)
+
+
+def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[torch.Tensor], ...]:
+    """The part of DSANet's inference that is exported: image -> per-level head outputs and scores.
+
+    Args:
+        model: a DSANet (or RetinaNet-like DenseDetector) in eval mode.
+        image: (3, H, W) float, in ``model.input_format``, unnormalised (0-255).
+    Returns:
+        lists over levels, in :func:`output_names` order: cls logits (1, A*K, Hi, Wi),
+        box deltas (1, A*4, Hi, Wi), [conf logits (1, A, Hi, Wi),] scores (1, Hi*Wi*A, K).
+    """
+    images = model.preprocess_image([{"image": image}])
+    features = model.backbone(images.tensor)
+    predictions = list(model.head([features[f] for f in model.head_in_features]))
+    cls_logits = model._transpose_dense_predictions(predictions[:1], [model.num_classes])[0]
+    if len(predictions) == 3:  # with object confidence: the fused score of DSANet.forward_inference
+        conf = model._transpose_dense_predictions(predictions[2:], [1])[0]
+        scores = [fuse_scores(x, c, model.score_fusion_alpha) for x, c in zip(cls_logits, conf)]
+    else:
+        scores = [x.sigmoid() for x in cls_logits]
+    return (*predictions, scores)
+
+
+def output_names(model: torch.nn.Module) -> List[str]:
+    """Names of the flattened graph outputs, e.g. ``cls_logits_p3``, ..., ``scores_p7``."""
+    return [f"{kind}_{level}" for kind in _output_kinds(model) for level in model.head_in_features]
+
+
+def tracing_adapter(model: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
+    """detectron2's TracingAdapter around :func:`raw_head_outputs`: flat tensor inputs and outputs."""
+    adapter = compat.tracing_adapter_class()(model, image, inference_func=raw_head_outputs)
+    # A new module is in training mode; torch.onnx.export restores the mode it finds, recursively.
+    return adapter.train(model.training)
+
+
+def export_torchscript(model: torch.nn.Module, image: torch.Tensor, path: str) -> torch.jit.ScriptModule:
+    """Trace :func:`raw_head_outputs` on ``image`` and save it; shapes stay dynamic (H, W)."""
+    with torch.no_grad():
+        traced = torch.jit.trace(tracing_adapter(model, image), (image,), check_trace=False)
+    traced.save(path)
+    return traced
+
+
+def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: str, opset: int = 17) -> None:
+    """Export :func:`raw_head_outputs` to ONNX with dynamic image height and width.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it takes TracingAdapter's traced
+    graph as it is and needs no onnxscript.
+    """
+    names = output_names(model)
+    dynamic_axes = {"image": {1: "height", 2: "width"}}
+    with torch.no_grad():
+        torch.onnx.export(tracing_adapter(model, image), (image,), path, input_names=["image"],
+                          output_names=names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+
+
+class OnnxRunner:
+    """An onnxruntime CPU session with the call signature of the traced model: image -> flat outputs."""
+
+    def __init__(self, path: str, num_threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """image: (3, H, W) float -> tuple of output tensors, in :func:`output_names` order."""
+        outputs = self.session.run(None, {"image": image.detach().cpu().numpy()})
+        return tuple(torch.from_numpy(x) for x in outputs)
+
+
+def unflatten(model: torch.nn.Module, flat: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+    """Flat graph outputs -> {kind: per-level list}, e.g. ``out["scores"][0]`` for P3."""
+    kinds, num_levels = _output_kinds(model), len(model.head_in_features)
+    assert len(flat) == len(kinds) * num_levels, f"expected {len(kinds) * num_levels} outputs, got {len(flat)}"
+    return {kind: list(flat[i * num_levels:(i + 1) * num_levels]) for i, kind in enumerate(kinds)}
+
+
+@torch.no_grad()
+def postprocess(model: torch.nn.Module, flat: Sequence[torch.Tensor], image_size: Tuple[int, int],
+                output_size: Tuple[int, int]) -> Instances:
+    """Detections from the graph's outputs, with the eager model's own post-processing.
+
+    Args:
+        flat: the graph's outputs for one image, in :func:`output_names` order.
+        image_size: (H, W) of the image given to the graph.
+        output_size: (height, width) to rescale boxes to (the original image's size).
+    Returns:
+        Instances with pred_boxes, scores, pred_classes, as ``model([...])[0]["instances"]``.
+    """
+    out = unflatten(model, flat)
+    anchors = model.anchor_generator(out["cls_logits"])  # uses only the level shapes
+    deltas = model._transpose_dense_predictions([out["box_deltas"]], [4])[0]
+    result = model.inference_single_image(anchors, [s[0] for s in out["scores"]], [d[0] for d in deltas],
+                                          tuple(image_size))
+    return detector_postprocess(result, *output_size)
+
+
+def median_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def max_abs_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Largest absolute elementwise difference between two equally long lists of same-shape tensors."""
+    assert len(a) == len(b), f"{len(a)} outputs against {len(b)}"
+    for x, y in zip(a, b):
+        assert x.shape == y.shape, f"shapes {tuple(x.shape)} and {tuple(y.shape)} differ"
+    return max(((x.float() - y.float()).abs().max().item() if x.numel() else 0.0) for x, y in zip(a, b))
+
+
+def compare_detections(reference: Instances, other: Instances) -> Dict[str, float]:
+    """How far two detection sets are apart, each reference detection matched to the closest box of
+    the same class in ``other`` (greedy, in score order).
+
+    Matching, not position, pairs detections: scores that differ by 1e-6 may swap two
+    detections' places in the sorted output without changing the set.
+
+    Returns:
+        {"count": reference count, "count_other", "unmatched" (reference detections with no
+        same-class partner left), "max_box_diff", "max_score_diff" (over matched pairs)}.
+    """
+    ref_boxes, other_boxes = reference.pred_boxes.tensor.float(), other.pred_boxes.tensor.float()
+    free = torch.ones(len(other), dtype=torch.bool)
+    box_diff, score_diff, unmatched = 0.0, 0.0, 0
+    for i in range(len(reference)):
+        candidates = free & (other.pred_classes == reference.pred_classes[i])
+        if not candidates.any():
+            unmatched += 1
+            continue
+        distance = (other_boxes - ref_boxes[i]).abs().amax(dim=1).masked_fill(~candidates, float("inf"))
+        j = int(distance.argmin())
+        free[j] = False
+        box_diff = max(box_diff, float(distance[j]))
+        score_diff = max(score_diff, abs(float(reference.scores[i]) - float(other.scores[j])))
+    return {"count": len(reference), "count_other": len(other), "unmatched": unmatched,
+            "max_box_diff": box_diff, "max_score_diff": score_diff}

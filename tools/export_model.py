@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Export a trained DSANet to TorchScript and ONNX, and prove the exports equal eager PyTorch.
+
+    tools/export_model.py --config-file output/demo/config.yaml --weights output/demo/model_final.pth \
+        --output output/demo/export [--format torchscript onnx] [--input a.jpg b.jpg | --num-images 8]
+
+Writes ``model.ts`` and ``model.onnx`` (traced through detectron2's TracingAdapter on the first
+image, with dynamic height and width) and ``parity.json``. In the graph: normalisation, padding,
+backbone, FPN, DSA, head and the fused score; after it, in Python and shared with eager (see
+``dsanet.export``): anchors, threshold, top-k, box decoding, NMS. On each test image (the
+config's test set, or --input) it compares the raw outputs of each export with eager PyTorch
+(tolerance 1e-4) and the final boxes and scores after post-processing (tolerance 1e-3), and
+times eager, TorchScript and onnxruntime on CPU. Exit status 1 when a tolerance is exceeded.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List
+
+import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import torch
+from detectron2.data import DatasetCatalog
+
+from dsanet import export
+from dsanet.errors import UserInputError
+from dsanet.media import read_image_or_problem
+from dsanet.predictor import Predictor
+
+RAW_TOLERANCE = 1e-4
+FINAL_TOLERANCE = 1e-3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
+    parser.add_argument("--output", required=True, help="folder for model.ts, model.onnx and parity.json")
+    parser.add_argument("--format", nargs="+", choices=["torchscript", "onnx"], default=["torchscript", "onnx"])
+    parser.add_argument("--input", nargs="*", default=None, help="test images (default: the config's test set)")
+    parser.add_argument("--num-images", type=int, default=8, help="test-set images to check when --input is absent")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per runtime (median reported)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="key=value config overrides")
+    return parser.parse_args(argv)
+
+
+def load_images(predictor: Predictor, args: argparse.Namespace) -> List[dict]:
+    """Model inputs of the test images: {"file_name", "image" (3, H, W), "height", "width"}."""
+    if args.input:
+        files = list(args.input)
+    else:
+        names = predictor.cfg.dataloader.test.dataset.names
+        files = [r["file_name"] for r in DatasetCatalog.get(names if isinstance(names, str) else names[0])]
+        files = files[: args.num_images]
+    if not files:
+        raise UserInputError("no test images: give --input")
+    inputs = []
+    for path in files:
+        image, problem = read_image_or_problem(path, predictor.input_format)
+        if problem:
+            raise UserInputError(f"--input {path}: {problem}")
+        record = predictor.preprocess(image)
+        del record["transform"]
+        inputs.append(dict(record, file_name=path))
+    return inputs
+
+
+def check_parity(model, runtimes: Dict[str, callable], inputs: List[dict]) -> Dict[str, Dict[str, float]]:
+    """Worst raw-output and final-detection differences of each runtime against eager, over all images."""
+    worst = {name: {"raw_max_abs": 0.0, "box_max_abs": 0.0, "score_max_abs": 0.0, "mismatched_images": 0,
+                    "detections": 0} for name in runtimes}
+    for record in inputs:
+        image = record["image"]
+        with torch.no_grad():
+            eager_raw = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
+            eager = model([{k: record[k] for k in ("image", "height", "width")}])[0]["instances"]
+        for name, run in runtimes.items():
+            flat = run(image)
+            w = worst[name]
+            w["raw_max_abs"] = max(w["raw_max_abs"], export.max_abs_difference(eager_raw, flat))
+            final = export.postprocess(model, flat, tuple(image.shape[-2:]), (record["height"], record["width"]))
+            diff = export.compare_detections(eager, final)
+            w["detections"] += diff["count"]
+            w["mismatched_images"] += int(diff["count"] != diff["count_other"] or diff["unmatched"] > 0)
+            w["box_max_abs"] = max(w["box_max_abs"], diff["max_box_diff"])
+            w["score_max_abs"] = max(w["score_max_abs"], diff["max_score_diff"])
+    return worst
+
+
+def time_runtimes(model, runtimes: Dict[str, callable], record: dict, repeats: int) -> Dict[str, float]:
+    """Median seconds per image: eager model(...) end to end, and each export's graph plus post-processing."""
+    image, size = record["image"], (record["height"], record["width"])
+    timings = {}
+    with torch.no_grad():
+        timings["eager"] = export.median_time(lambda: model([{"image": image, "height": size[0], "width": size[1]}]),
+                                              repeats)
+    for name, run in runtimes.items():
+        timings[name] = export.median_time(
+            lambda: export.postprocess(model, run(image), tuple(image.shape[-2:]), size), repeats)
+        timings[name + "_graph_only"] = export.median_time(lambda: run(image), repeats)
+    return timings
+
+
+def main(args: argparse.Namespace) -> int:
+    """Export, check, time; returns the exit status (1 when a tolerance is exceeded)."""
+    predictor = Predictor(args.config_file, args.weights, args.opts, device="cpu")
+    model = predictor.model
+    inputs = load_images(predictor, args)
+    os.makedirs(args.output, exist_ok=True)
+    sample = inputs[0]["image"]
+    runtimes = {}
+    if "torchscript" in args.format:
+        path = os.path.join(args.output, "model.ts")
+        export.export_torchscript(model, sample, path)
+        runtimes["torchscript"] = torch.jit.load(path)
+        print(f"wrote {path}")
+    if "onnx" in args.format:
+        path = os.path.join(args.output, "model.onnx")
+        export.export_onnx(model, sample, path)
+        runtimes["onnxruntime"] = export.OnnxRunner(path, num_threads=torch.get_num_threads())
+        print(f"wrote {path}")
+
+    parity = check_parity(model, runtimes, inputs)
+    timings = time_runtimes(model, runtimes, inputs[0], args.repeats)
+    sizes = sorted({tuple(r["image"].shape[-2:]) for r in inputs})
+    print(f"parity against eager PyTorch on {len(inputs)} images of sizes {sizes}:")
+    failed = False
+    for name, w in parity.items():
+        ok = (w["raw_max_abs"] <= RAW_TOLERANCE and w["mismatched_images"] == 0
+              and w["box_max_abs"] <= FINAL_TOLERANCE and w["score_max_abs"] <= FINAL_TOLERANCE)
+        failed |= not ok
+        print(f"  {name:12s} raw outputs max |diff| {w['raw_max_abs']:.2e} (tol {RAW_TOLERANCE:g}); "
+              f"{w['detections']} detections: boxes {w['box_max_abs']:.2e}, scores {w['score_max_abs']:.2e} "
+              f"(tol {FINAL_TOLERANCE:g}); images with other detections: {w['mismatched_images']}  "
+              f"{'OK' if ok else 'FAILED'}")
+    print(f"CPU time per image ({torch.get_num_threads()} threads, median of {args.repeats}, "
+          f"{tuple(inputs[0]['image'].shape[-2:])}):")
+    for name, seconds in timings.items():
+        print(f"  {name:28s} {seconds * 1000:8.2f} ms")
+    with open(os.path.join(args.output, "parity.json"), "w") as f:
+        json.dump({"images": [r["file_name"] for r in inputs], "tolerances": {"raw": RAW_TOLERANCE,
+                   "final": FINAL_TOLERANCE}, "parity": parity, "seconds_per_image": timings,
+                   "threads": torch.get_num_threads(), "outputs": export.output_names(model)}, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parse_args()))
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
