@@ -6,8 +6,9 @@
     train_net.py --config-file CONFIG --resume            # continue from the output folder
     train_net.py --config-file CONFIG train.device=cpu --num-gpus 2   # 2 processes over gloo
 
-Bad input (missing config or checkpoint, unknown override key, unregistered dataset) ends with
-one line naming what is wrong and exit status 2.
+Bad input (missing config or checkpoint, unknown override key, unregistered dataset, a broken
+annotation file, a dataset whose category count differs from model.num_classes) ends with one line
+naming what is wrong and exit status 2.
 """
 import logging
 import sys
@@ -19,7 +20,7 @@ from detectron2.utils import comm
 
 from dsanet import compat
 from dsanet.config import check_device, load_config
-from dsanet.data import register_datasets_for
+from dsanet.data import check_num_classes, register_datasets_for
 from dsanet.engine import CheckedCheckpointer, do_test, do_train, load_weights
 from dsanet.errors import UserInputError
 
@@ -31,6 +32,8 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     check_device(cfg)
     register_datasets_for(cfg, splits=("test",) if args.eval_only else ("train", "test"))
+    if not args.eval_only:
+        check_num_classes(cfg)
     return cfg
 
 

@@ -12,11 +12,11 @@ import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import torch
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
 from dsanet.config import load_config
 from dsanet.data import register_datasets_for
+from dsanet.data.mapper import UNREADABLE_ERRORS, read_image
 from dsanet.engine import CheckedCheckpointer, load_weights
 from dsanet.errors import UserInputError
 
@@ -42,7 +42,11 @@ def main(args: argparse.Namespace) -> None:
     metadata = MetadataCatalog.get(dataset)
     os.makedirs(args.output, exist_ok=True)
     for record in DatasetCatalog.get(dataset)[: args.num_images]:
-        image = read_image(record["file_name"], format=model.input_format)  # (H, W, 3)
+        try:
+            image = read_image(record["file_name"], format=model.input_format)  # (H, W, 3)
+        except UNREADABLE_ERRORS as e:
+            print(f"warning: skipped image {record['file_name']}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
         tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
         with torch.no_grad():
             instances = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]

@@ -4,16 +4,17 @@ from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts
 
+from dsanet.data.mapper import RobustDatasetMapper  # DatasetMapper that skips unreadable images
 from dsanet.evaluation import COCOEvaluatorWithRecall
 
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synthetic_shapes_train"),
-    mapper=L(DatasetMapper)(
+    mapper=L(RobustDatasetMapper)(
         is_train=True,
         augmentations=[L(T.RandomFlip)(horizontal=True)],
         image_format="BGR",
@@ -24,7 +25,7 @@ dataloader.train = L(build_detection_train_loader)(
 
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synthetic_shapes_val", filter_empty=False),
-    mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="${...train.mapper.image_format}"),
+    mapper=L(RobustDatasetMapper)(is_train=False, augmentations=[], image_format="${...train.mapper.image_format}"),
     num_workers=1,
 )
 

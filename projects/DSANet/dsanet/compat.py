@@ -9,6 +9,7 @@ in one line, and does nothing where the installed detectron2 does not need it.
 import importlib
 import importlib.util
 import logging
+import random
 import re
 import sys
 import types
@@ -154,6 +155,34 @@ def _import_model_zoo_without_pkg_resources() -> bool:
     return True
 
 
+class _SetSamplingRandom(random.Random):
+    """``random.Random`` whose ``sample`` takes a set (sorted first), as it did before Python 3.11."""
+
+    def sample(self, population, k, **kwargs):
+        if isinstance(population, (set, frozenset)):
+            if not population:
+                raise RuntimeError("the data loader found no element of the dataset that it could map "
+                                   "(every image it tried was skipped; see the warnings naming them)")
+            population = sorted(population)
+        return super().sample(population, k, **kwargs)
+
+
+def _map_dataset_retries_on_python_3_11() -> bool:
+    # Reason: MapDataset retries a skipped element with random.sample(a set), which Python 3.11 refuses.
+    if sys.version_info < (3, 11) or "sample(self._fallback_candidates" not in _source_of("detectron2.data.common"):
+        return False
+    from detectron2.data import common
+
+    original_init = common.MapDataset.__init__
+
+    def __init__(self, dataset, map_func):
+        original_init(self, dataset, map_func)
+        self._rng = _SetSamplingRandom(42)
+
+    common.MapDataset.__init__ = __init__
+    return True
+
+
 _applied: Optional[dict] = None
 
 
@@ -171,6 +200,7 @@ def apply() -> dict:
             "compiled_ops_stand_in": _import_modules_that_need_compiled_ops(),
             "numpy_aliases": _restore_numpy_aliases(),
             "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
+            "map_dataset_set_sampling": _map_dataset_retries_on_python_3_11(),
         }
     return _applied
 

@@ -2,6 +2,7 @@
 its gaps closed: --eval-only honours --resume, predictions are saved, results print once, and the
 loss normaliser is checkpointed so a resumed run continues the same run."""
 import logging
+import math
 import os
 from typing import Any, Dict
 
@@ -18,7 +19,8 @@ from . import compat
 from .errors import UserInputError
 from .evaluation import format_paper_metrics
 
-__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState", "CheckedCheckpointer"]
+__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState", "CheckedCheckpointer",
+           "CheckedSimpleTrainer", "CheckedAMPTrainer"]
 
 logger = logging.getLogger("dsanet")
 
@@ -47,6 +49,27 @@ class CheckedCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except Exception as e:  # torch.load and pickle raise many types for a corrupt file
             raise UserInputError(f"checkpoint {filename} cannot be loaded: {type(e).__name__}: {e}") from e
+
+
+class _NamesNonFiniteLosses:
+    """Trainer mixin: a non-finite loss stops training (before the optimizer step) with an error that
+    names each such loss; detectron2 checks only their sum and prints the whole dict."""
+
+    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float, *args, **kwargs) -> None:
+        values = {k: v.detach().float().item() for k, v in loss_dict.items()}
+        bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"Loss became infinite or NaN at iteration={self.iter}: {', '.join(bad)} "
+                                     f"(all losses: {values})")
+        super()._write_metrics(loss_dict, data_time, *args, **kwargs)
+
+
+class CheckedSimpleTrainer(_NamesNonFiniteLosses, SimpleTrainer):
+    """detectron2's SimpleTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
+
+
+class CheckedAMPTrainer(_NamesNonFiniteLosses, AMPTrainer):
+    """detectron2's AMPTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
 
 
 def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:
@@ -95,7 +118,7 @@ def do_train(cfg, *, resume: bool) -> None:
 
     model = compat.create_ddp_model(model, **cfg.train.ddp)
     use_amp = cfg.train.amp.enabled and torch.cuda.is_available()
-    trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(model, train_loader, optimizer)
     checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),

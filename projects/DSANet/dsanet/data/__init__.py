@@ -8,9 +8,20 @@ from .synthetic import (
     register_synthetic_dataset,
 )
 
-from .custom import dataset_names_in, register_coco_format_datasets, register_datasets_for
+from .custom import (
+    check_num_classes,
+    dataset_names_in,
+    register_coco_format_datasets,
+    register_datasets_for,
+    validation_report,
+)
+from .validate import CocoJsonReport, validate_coco_json
 
 __all__ = [
+    "check_num_classes",
+    "validation_report",
+    "validate_coco_json",
+    "CocoJsonReport",
     "dataset_names_in",
     "register_coco_format_datasets",
     "register_datasets_for",
