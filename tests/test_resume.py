@@ -1,8 +1,10 @@
 """Kill -9, then --resume: the run ends as if it had never stopped.
 
 Training runs on one image with no augmentation, so every batch is the same and an uninterrupted
-run is bit-for-bit reproducible: after a resume, the learning rate and loss normaliser of every
-iteration, and the final weights and optimizer state, must equal those of the uninterrupted run.
+run is reproducible: after a resume, the learning rate and loss normaliser of every iteration
+must equal those of the uninterrupted run, and the final weights and momentum buffers must equal
+them to float rounding (measured: 1e-6 absolute on batch-norm running variances; a lost momentum
+buffer or normaliser changes the weights by orders of magnitude more).
 """
 import json
 import os
@@ -20,6 +22,7 @@ from PIL import Image, ImageDraw
 from test_train_net import DEMO_CONFIG, ROOT, TRAIN_NET, run_train_net, subprocess_env
 
 MAX_ITER = 8
+RTOL, ATOL = 1e-4, 1e-5
 DEADLINE_S = 600  # generous: CI machines may be loaded; no test asserts a duration
 
 
@@ -95,11 +98,11 @@ def assert_continues_the_uninterrupted_run(out: Path, reference: Path) -> None:
     assert final["iteration"] == expected_final["iteration"] == MAX_ITER - 1
     assert final["trainer"]["hooks"] == expected_final["trainer"]["hooks"]  # LR schedule, loss normaliser
     for name, value in expected_final["model"].items():
-        torch.testing.assert_close(final["model"][name], value, rtol=1e-6, atol=0, msg=name)
+        torch.testing.assert_close(final["model"][name], value, rtol=RTOL, atol=ATOL, msg=name)
     momentum = final["trainer"]["optimizer"]["state"]
     assert momentum and momentum.keys() == expected_final["trainer"]["optimizer"]["state"].keys()
     for index, state in expected_final["trainer"]["optimizer"]["state"].items():
-        torch.testing.assert_close(momentum[index]["momentum_buffer"], state["momentum_buffer"], rtol=1e-6, atol=0)
+        torch.testing.assert_close(momentum[index]["momentum_buffer"], state["momentum_buffer"], rtol=RTOL, atol=ATOL)
     assert not [p.name for p in out.iterdir() if ".tmp." in p.name], "a temporary checkpoint file was left"
 
 

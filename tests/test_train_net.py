@@ -14,7 +14,7 @@ TRAIN_NET = ROOT / "train_net.py"
 DEMO_CONFIG = ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
 TEN_NUMBERS_HEADER = "AP\tAP50\tAP75\tAPs\tAPm\tAPl\tAR\tARs\tARm\tARl"
 # A few iterations at a small batch keep each run to seconds on two cores.
-LOW_THRESHOLD = ["model.test_score_thresh=0.01"]
+LOW_THRESHOLD = ["+model.test_score_thresh=0.01"]
 QUICK = ["train.log_period=1", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
          "dataloader.test.num_workers=0", "train.seed=0"]
 
@@ -113,7 +113,8 @@ def test_bad_input_gives_one_clear_line_and_exit_2(args, expected, cache_dir):
     result = run_train_net(*args, cache_dir=cache_dir, check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {expected}")
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and expected in last_line
 
 
 def test_a_corrupt_checkpoint_is_named(cache_dir, tmp_path):

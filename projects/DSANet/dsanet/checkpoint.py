@@ -68,13 +68,14 @@ def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def remove_stale_temporary_files(folder: str) -> list:
-    """Delete what killed runs left half-written (``*.pth.tmp.<pid>``, ``last_checkpoint.tmp.<pid>``)."""
+    """Delete what killed runs left half-written (``*.pth.tmp.<pid>``, ``last_checkpoint.tmp.<pid>``
+    of another process than this one)."""
     if not os.path.isdir(folder):
         return []
     removed = []
     for name in os.listdir(folder):
         base = _TEMPORARY_SUFFIX.sub("", name)
-        if base != name and (base.endswith(".pth") or base == "last_checkpoint"):
+        if base != name and not name.endswith(f".tmp.{os.getpid()}") and (base.endswith(".pth") or base == "last_checkpoint"):
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed
