@@ -24,7 +24,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml tools/install_detectron2.py Makefile
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -rfE --tb=short
 
 DEMO_OUT := output/demo
 demo: setup

@@ -6,22 +6,27 @@
     train_net.py --config-file CONFIG --resume            # continue from the output folder
     train_net.py --config-file CONFIG train.device=cpu --num-gpus 2   # 2 processes over gloo
 
+Flags may also follow the ``key=value`` overrides. On one machine without ``--dist-url`` the
+processes meet through a file in a fresh temporary folder, not a TCP port.
 Bad input (missing config or checkpoint, unknown override key, unregistered dataset, a broken
-annotation file, a dataset whose category count differs from model.num_classes) ends with one line
-naming what is wrong and exit status 2.
+annotation file, a dataset whose category count differs from model.num_classes, a CUDA config on
+a machine without CUDA, an unreachable checkpoint URL) ends with one line naming what is wrong and
+exit status 2.
 """
 import logging
 import sys
+from typing import List, Optional
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from dsanet import compat
 from dsanet.config import check_device, load_config
 from dsanet.data import check_num_classes, register_datasets_for
-from dsanet.engine import CheckedCheckpointer, do_test, do_train, load_weights
+from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError
 
 logger = logging.getLogger("dsanet")
@@ -40,11 +45,13 @@ def setup(args):
 def main(args) -> None:
     cfg = setup(args)
     default_setup(cfg, args)
+    # default_setup sets up detectron2's and fvcore's loggers; ours goes to the same console and log.txt.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = compat.create_ddp_model(model)
-        checkpointer = CheckedCheckpointer(model, cfg.train.output_dir)
+        checkpointer = make_checkpointer(cfg, model)
         load_weights(checkpointer, cfg.train.init_checkpoint, resume=args.resume)
         do_test(cfg, model)
     else:
@@ -60,9 +67,25 @@ def main_or_exit(args) -> None:
         sys.exit(2)
 
 
+def parse_args(argv: Optional[List[str]] = None):
+    """detectron2's arguments, where flags may also follow the first ``key=value`` override
+    (argparse would pass them on as overrides), and ``dist_url`` is None unless given on one machine."""
+    parser = default_argument_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if any(opt.startswith("-") for opt in args.opts):
+        overrides = [opt for opt in args.opts if not opt.startswith("-") and ("=" in opt or opt.startswith("~"))]
+        flags = [opt for opt in args.opts if opt not in overrides]
+        args = parser.parse_args(argv[:len(argv) - len(args.opts)] + flags + overrides)
+    if args.num_machines == 1 and args.dist_url == parser.get_default("dist_url"):
+        args.dist_url = None  # detectron2's default is a fixed port, which anything else may hold
+    return args
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     if args.num_gpus * args.num_machines > 1:
+        setup_logger(name="dsanet", abbrev_name="dsanet")  # the launcher's own messages
         try:
             setup(args)  # fail fast, before processes are launched (one process checks in main)
         except UserInputError as e:

@@ -26,7 +26,7 @@ import argparse
 import json
 import pickle
 import tempfile
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import torch

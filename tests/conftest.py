@@ -37,17 +37,23 @@ def make_inputs(num_classes: int = 3, with_gt: bool = True, seed: int = 0) -> li
     return inputs
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """DSANET_CACHE for train_net.py subprocesses: the synthetic dataset is generated once per session."""
+    return tmp_path_factory.mktemp("dsanet_cache")
+
+
 @pytest.fixture
 def tiny_inputs() -> list:
     return make_inputs()
 
 
-def narrow_model_config(model, width: int = 16, num_classes: int = 3):
+def narrow_model_config(model, width: int = 16, num_classes: int = 3, norm: str = "BN"):
     """Shrink a project model config (R50-FPN, 256 channels) to a ResNet-18-like CPU toy in place."""
     model.backbone.bottom_up.stem.out_channels = width
-    model.backbone.bottom_up.stem.norm = "BN"
+    model.backbone.bottom_up.stem.norm = norm
     model.backbone.bottom_up.stages = L(make_resnet_stages)(
-        depth=18, stem_width=width, widths=[width, 2 * width, 4 * width, 8 * width], norm="BN")
+        depth=18, stem_width=width, widths=[width, 2 * width, 4 * width, 8 * width], norm=norm)
     model.backbone.out_channels = 2 * width
     model.backbone.top_block.in_channels = 8 * width
     model.head.input_shape = [ShapeSpec(channels=2 * width)] * 5
@@ -56,9 +62,9 @@ def narrow_model_config(model, width: int = 16, num_classes: int = 3):
     return model
 
 
-def tiny_model(config: str = "common/models/dsanet.py", seed: int = 0, **head_overrides):
+def tiny_model(config: str = "common/models/dsanet.py", seed: int = 0, norm: str = "BN", **head_overrides):
     """Instantiate a project model config, narrowed, with head overrides (e.g. dsa_levels=[])."""
-    model = narrow_model_config(LazyConfig.load(str(CONFIGS / config)).model)
+    model = narrow_model_config(LazyConfig.load(str(CONFIGS / config)).model, norm=norm)
     for key, value in head_overrides.items():
         setattr(model.head, key, value)
     torch.manual_seed(seed)

@@ -20,7 +20,6 @@ from PIL import Image
 
 import dsanet  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
-from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
 from dsanet.data import check_num_classes, register_coco_format_datasets

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 from conftest import CONFIGS, tiny_model
 from dsanet import model_zoo

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import cv2
-import pytest
 from PIL import Image
 
 from conftest import ROOT, load_script

@@ -17,7 +17,8 @@ from detectron2.utils.visualizer import Visualizer
 from dsanet.config import load_config
 from dsanet.data import register_datasets_for
 from dsanet.data.mapper import UNREADABLE_ERRORS, read_image
-from dsanet.engine import CheckedCheckpointer, load_weights
+from dsanet.checkpoint import CheckedCheckpointer
+from dsanet.engine import load_weights
 from dsanet.errors import UserInputError
 
 

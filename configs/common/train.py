@@ -2,11 +2,14 @@
 train = dict(
     output_dir="./output",
     init_checkpoint="",
+    # .pkl/.pth files load without running code (plain weights only); True unpickles fully:
+    # only for checkpoints from a source you trust.
+    allow_unsafe_pickle=False,
     max_iter=90000,
     amp=dict(enabled=False),  # mixed precision, used only where CUDA is present
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
-    eval_period=5000,
+    eval_period=5000,  # evaluate every N iterations and after the last; 0: never (no final evaluation)
     log_period=20,
     device="cuda",
     seed=-1,  # < 0: a random seed per run

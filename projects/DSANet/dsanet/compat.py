@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import sys
+import tempfile
 import types
 from datetime import timedelta
 from pathlib import Path
@@ -237,18 +238,23 @@ def _cpu_distributed_worker(local_rank: int, main_func: Callable, world_size: in
 def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: tuple = (),
            timeout: timedelta = timedelta(minutes=30)) -> None:
-    """``detectron2.engine.launch``, which also runs N processes over gloo where CUDA is absent."""
-    from detectron2.engine import launch as d2_launch
-    from detectron2.engine.launch import _find_free_port
+    """``detectron2.engine.launch``, which also runs N processes over gloo where CUDA is absent.
 
+    On one machine, ``dist_url`` None or ``"auto"`` means a ``file://`` rendezvous in a fresh
+    temporary folder: no TCP port to find free (detectron2's "auto" binds port 0, closes it and
+    hopes it stays free; its command-line default is a fixed port), so nothing else can hold it.
+    """
     world_size = num_machines * num_gpus_per_machine
+    if world_size > 1 and num_machines == 1 and dist_url in (None, "auto"):
+        with tempfile.TemporaryDirectory(prefix="dsanet_rendezvous_") as folder:
+            launch(main_func, num_gpus_per_machine, dist_url=f"file://{folder}/store", args=args, timeout=timeout)
+        return
+    from detectron2.engine import launch as d2_launch
+
     if world_size == 1 or torch.cuda.is_available() or _launcher_supports_cpu():
         d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
                   machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
         return
-    if dist_url == "auto":
-        assert num_machines == 1, "dist_url=auto not supported in multi-machine jobs."
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     logger.info("CUDA is absent: launching %d processes per machine over gloo", num_gpus_per_machine)
     torch.multiprocessing.spawn(
         _cpu_distributed_worker, nprocs=num_gpus_per_machine, daemon=False,

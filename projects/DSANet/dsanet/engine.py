@@ -1,10 +1,12 @@
 """Training and evaluation loops for train_net.py, after detectron2's lazyconfig_train_net.py, with
-its gaps closed: --eval-only honours --resume, predictions are saved, results print once, and the
-loss normaliser is checkpointed so a resumed run continues the same run."""
+its gaps closed: --eval-only honours --resume, predictions are saved, results print once, the
+loss normaliser is checkpointed so a resumed run continues the same run, checkpoints are written
+atomically and load without running code (see :mod:`dsanet.checkpoint`), and
+``train.eval_period=0`` means no evaluation during or after training."""
 import logging
 import math
 import os
-from typing import Any, Dict
+from typing import Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -16,10 +18,10 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from . import compat
+from .checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from .errors import UserInputError
-from .evaluation import format_paper_metrics
 
-__all__ = ["do_train", "do_test", "load_weights", "LossNormalizerState", "CheckedCheckpointer",
+__all__ = ["do_train", "do_test", "load_weights", "make_checkpointer", "LossNormalizerState", "CheckedCheckpointer",
            "CheckedSimpleTrainer", "CheckedAMPTrainer"]
 
 logger = logging.getLogger("dsanet")
@@ -27,7 +29,8 @@ logger = logging.getLogger("dsanet")
 
 class LossNormalizerState(HookBase):
     """Saves RetinaNet's loss-normaliser EMA with the trainer's checkpoint and restores it on resume
-    (detectron2 keeps it as a plain attribute that no checkpoint holds)."""
+    (detectron2 keeps it as a plain attribute that no checkpoint holds); logs it every iteration
+    as ``loss_normalizer`` so metrics.json shows that a resumed run continues it."""
 
     def __init__(self, model: torch.nn.Module):
         self._model = model.module if hasattr(model, "module") else model
@@ -40,15 +43,27 @@ class LossNormalizerState(HookBase):
         if "loss_normalizer" in state_dict:
             self._model.loss_normalizer = float(state_dict["loss_normalizer"])
 
+    def after_step(self) -> None:
+        value = getattr(self._model, "loss_normalizer", None)
+        if value is not None:
+            self.trainer.storage.put_scalar("loss_normalizer", float(value), smoothing_hint=False)
 
-class CheckedCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose unreadable files raise one clear UserInputError naming the file."""
 
-    def _load_file(self, filename: str) -> Dict[str, Any]:
-        try:
-            return super()._load_file(filename)
-        except Exception as e:  # torch.load and pickle raise many types for a corrupt file
-            raise UserInputError(f"checkpoint {filename} cannot be loaded: {type(e).__name__}: {e}") from e
+def make_checkpointer(cfg, model: torch.nn.Module, **checkpointables) -> CheckedCheckpointer:
+    """The project's checkpointer for ``cfg``; ``train.allow_unsafe_pickle`` opts in to full pickle."""
+    return CheckedCheckpointer(model, cfg.train.output_dir,
+                               allow_unsafe_pickle=bool(cfg.train.get("allow_unsafe_pickle", False)),
+                               **checkpointables)
+
+
+def _drop_partial_last_record(metrics_file: str) -> None:
+    """A run killed while writing metrics.json can leave half a line; cut it so records append cleanly."""
+    if not os.path.isfile(metrics_file):
+        return
+    with open(metrics_file, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class _NamesNonFiniteLosses:
@@ -94,15 +109,14 @@ def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool
 
 def do_test(cfg, model: torch.nn.Module) -> Dict:
     """Evaluate ``model`` on ``cfg.dataloader.test``; predictions and results go to
-    ``<train.output_dir>/inference``. Prints the paper's ten numbers once (main process)."""
+    ``<train.output_dir>/inference``. The paper's ten numbers reach the console and log.txt once,
+    from the evaluator's log (main process)."""
     if "evaluator" not in cfg.dataloader:
         return {}
     cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process() and results:
         print_csv_format(results)
-        if "bbox" in results:
-            print("The paper's ten numbers (bbox):\n" + format_paper_metrics(results["bbox"]), flush=True)
     return results
 
 
@@ -119,13 +133,18 @@ def do_train(cfg, *, resume: bool) -> None:
     model = compat.create_ddp_model(model, **cfg.train.ddp)
     use_amp = cfg.train.amp.enabled and torch.cuda.is_available()
     trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = CheckedCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = make_checkpointer(cfg, model, trainer=trainer)
+    if comm.is_main_process():
+        for name in remove_stale_temporary_files(cfg.train.output_dir):
+            logger.info("Removed %s, left half-written by an interrupted run", name)
+        _drop_partial_last_record(os.path.join(cfg.train.output_dir, "metrics.json"))
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         LossNormalizerState(model),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        # detectron2's EvalHook also evaluates after the last iteration when its period is 0.
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period) if comm.is_main_process() else None,
     ])

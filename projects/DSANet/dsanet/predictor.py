@@ -16,7 +16,7 @@ from detectron2.structures import Instances
 
 from .config import load_config
 from .data import register_datasets_for
-from .engine import CheckedCheckpointer
+from .checkpoint import CheckedCheckpointer
 from .errors import UserInputError
 
 __all__ = ["Predictor", "load_model"]

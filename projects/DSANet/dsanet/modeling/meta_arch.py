@@ -6,13 +6,19 @@ meta-architecture only handles the head's optional third output, the per-anchor 
 from typing import Dict, List
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.layers import cat
+from detectron2.utils import comm
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 
 __all__ = ["DSANet", "fuse_scores"]
+
+# RetinaNet's loss-normaliser EMA (detectron2's DenseDetector._ema_update defaults).
+_EMA_MOMENTUM = 0.9
+_EMA_INITIAL = 100
 
 
 def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -53,6 +59,32 @@ class DSANet(RetinaNet):
     @property
     def with_confidence(self) -> bool:
         return getattr(self.head, "object_confidence", None) is not None
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes) -> Dict[str, torch.Tensor]:
+        """RetinaNet's losses, normalised alike in every process of a distributed run.
+
+        detectron2 normalises each process's loss by an EMA of that process's positive anchors,
+        so W processes of B images train differently from one process of W*B images. Here the
+        EMA counts the positives of all processes (as one process with the whole batch would),
+        and each process divides by 1/W of it, so that DDP's gradient average equals the
+        one-process gradient. In one process this is exactly RetinaNet's normaliser.
+        """
+        world_size = comm.get_world_size()
+        if world_size == 1 or not dist.is_initialized():
+            return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        previous = getattr(self, "loss_normalizer", _EMA_INITIAL)
+        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        local = self.loss_normalizer  # what detectron2 just divided by
+        num_pos = torch.stack(gt_labels)
+        num_pos = ((num_pos >= 0) & (num_pos != self.num_classes)).sum().to(torch.float64)
+        dist.all_reduce(num_pos)
+        self.loss_normalizer = _EMA_MOMENTUM * previous + (1 - _EMA_MOMENTUM) * max(num_pos.item(), 1)
+        return {k: v * (local / self.normalizer_per_process) for k, v in losses.items()}
+
+    @property
+    def normalizer_per_process(self) -> float:
+        """This process's share of the loss normaliser (all of it in one process)."""
+        return self.loss_normalizer / comm.get_world_size()
 
     def forward_training(self, images: ImageList, features: List[torch.Tensor],
                          predictions: List[List[torch.Tensor]],
@@ -105,7 +137,7 @@ class DSANet(RetinaNet):
         pos_mask, iou = self.confidence_targets(anchors, pred_anchor_deltas, gt_labels, gt_boxes)
         conf = cat(pred_conf, dim=1)[pos_mask].squeeze(-1)  # (P,)
         loss = F.binary_cross_entropy_with_logits(conf, iou.to(conf.dtype), reduction="sum")
-        return self.conf_loss_weight * loss / self.loss_normalizer
+        return self.conf_loss_weight * loss / self.normalizer_per_process
 
     def forward_inference(self, images: ImageList, features: List[torch.Tensor],
                           predictions: List[List[torch.Tensor]]) -> List[Instances]:
