@@ -95,14 +95,18 @@ def _plot_ap(path: Path, variants, runs) -> None:
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(variants), 4))
     seeds = sorted({r.seed for r in runs})
     colors = plt.get_cmap("tab10")
+    labelled = set()  # each legend entry once
     for x, v in enumerate(variants):
-        per_seed = _per_seed(runs, v.name)
-        for s, m in per_seed.items():
-            ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), m["AP"], color=colors(seeds.index(s) % 10),
-                       s=22, zorder=3, label=f"seed {s}" if x == 0 else None)
+        per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
+        for s, ap in per_seed.items():
+            label = f"seed {s}"
+            ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
+                       s=22, zorder=3, label=None if label in labelled else label)
+            labelled.add(label)
         if per_seed:
-            mean = sum(m["AP"] for m in per_seed.values()) / len(per_seed)
-            ax.hlines(mean, x - 0.3, x + 0.3, color="black", linewidth=2, zorder=2, label="mean" if x == 0 else None)
+            ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2, zorder=2,
+                      label=None if "mean" in labelled else "mean")
+            labelled.add("mean")
     ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
     ax.set_ylabel("COCO AP")
     ax.set_title("AP per variant (points: seeds, bar: mean)")
