@@ -95,6 +95,7 @@ def test_the_report_files_hold_the_table_the_intervals_and_the_plots(study):
     expected = sum(per_run[("dsanet_conf", s)]["AP"] - per_run[("retinanet", s)]["AP"] for s in (0, 1)) / 2
     assert ap["mean"] == pytest.approx(expected)
     assert diffs[("broken", "retinanet")]["AP"] is None
+    assert results["runs"][0]["directory"] == "runs/retinanet/seed0"  # relative: the JSON can be kept elsewhere
     rows = list(csv.DictReader((output / "results.csv").open()))
     assert len(rows) == 8 and set(TEN) <= set(rows[0])
     summary = (output / "summary.md").read_text()

@@ -36,6 +36,14 @@ def _json_safe(value):
     return value
 
 
+def _relative(path: Path, output: Path) -> str:
+    """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
+    try:
+        return str(path.relative_to(output))
+    except ValueError:
+        return str(path)
+
+
 def _per_seed(runs: Sequence[Run], name: str) -> Dict[int, Dict[str, float]]:
     return {r.seed: r.metrics for r in runs if r.variant.name == name and r.ok}
 
@@ -160,7 +168,7 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
         "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
-                  "metrics": r.metrics, "error": r.error, "directory": str(r.directory)} for r in runs],
+                  "metrics": r.metrics, "error": r.error, "directory": _relative(r.directory, output)} for r in runs],
         "summary": summary, "differences": differences, "ci_method": CI_METHOD,
     }
     (output / "results.json").write_text(json.dumps(_json_safe(results), indent=2, default=str))
