@@ -123,7 +123,10 @@ def test_a_run_that_crashes_is_reported_with_its_error_and_leaves_no_marker(tiny
                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
     variants = [parse_variant("crash: model.head.dsa_levels=[p9]")]
     eval_only = parse_eval_variant("later=crash: model.score_fusion_alpha=0.5")
-    [run, dependent] = runner.run_all(plan_runs([*variants, eval_only], [0], tmp_path), [*variants, eval_only])
+    snapshots = []  # statuses each time the report would be rewritten
+    [run, dependent] = runner.run_all(plan_runs([*variants, eval_only], [0], tmp_path), [*variants, eval_only],
+                                      after_each=lambda runs: snapshots.append([r.status for r in runs]))
+    assert snapshots == [["failed", "pending"], ["failed", "failed"]]
     assert run.status == "failed" and "train_net.py exited 1" in run.error and "p9" in run.error
     assert not (run.directory / MARKER).exists()
     assert dependent.status == "failed" and dependent.error == "its source run crash seed 0 failed"

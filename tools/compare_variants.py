@@ -11,7 +11,8 @@ variant with 95% confidence intervals, plots, and JSON/CSV of every run.
 
 Seed s sets train.seed=s for every variant (paired). A second invocation with the same output folder
 reads the runs that finished and runs only the rest; an interrupted training resumes from its last
-checkpoint. A run that fails is reported by name with its error, and the others go on.
+checkpoint. A run that fails is reported by name with its error, and the others go on. The
+report files are rewritten after every run (runs not yet made are listed as "pending").
 """
 import argparse
 import sys
@@ -60,9 +61,14 @@ def main(args: argparse.Namespace) -> int:
     runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(Path(args.config_file).resolve()),
                          common_overrides=args.opts, num_gpus=args.num_gpus,
                          log=lambda line: print(line, flush=True))
-    runs = runner.run_all(plan_runs(variants, seeds, output), variants)
-    write_report(output, config_file=args.config_file, common_overrides=args.opts, variants=variants, seeds=seeds,
-                 runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons)
+
+    def report(runs) -> None:
+        write_report(output, config_file=args.config_file, common_overrides=args.opts, variants=variants,
+                     seeds=seeds, runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons)
+
+    # The report is rewritten after every run: a study stopped part-way still leaves its tables.
+    runs = runner.run_all(plan_runs(variants, seeds, output), variants, after_each=report)
+    report(runs)
     print((output / "summary.md").read_text(), flush=True)
     failed = [r.label for r in runs if not r.ok]
     if failed:

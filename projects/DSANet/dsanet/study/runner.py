@@ -167,8 +167,13 @@ class StudyRunner:
                   "overrides": overrides, "metrics": run.metrics, "seconds": run.seconds}
         (run.directory / MARKER).write_text(json.dumps(marker, indent=2))
 
-    def run_all(self, runs: Sequence[Run], variants: Sequence[Variant]) -> List[Run]:
-        """Run (or read) every run in order; returns them with status, metrics and errors filled in."""
+    def run_all(self, runs: Sequence[Run], variants: Sequence[Variant],
+                after_each: Optional[Callable[[Sequence[Run]], None]] = None) -> List[Run]:
+        """Run (or read) every run in order; returns them with status, metrics and errors filled in.
+
+        ``after_each(runs)`` is called after every run that was made now (e.g. to rewrite the report,
+        so a study stopped part-way still leaves its tables).
+        """
         sources = {v.name: v for v in variants}
         by_key = {(r.variant.name, r.seed): r for r in runs}
         for index, run in enumerate(runs):
@@ -194,4 +199,6 @@ class StudyRunner:
                 self.log(f"{prefix}: AP {run.metrics.get('AP', math.nan):.1f} in {format_duration(run.seconds)}")
             else:
                 self.log(f"{prefix}: FAILED: {run.error}")
+            if after_each is not None:
+                after_each(runs)
         return list(runs)
