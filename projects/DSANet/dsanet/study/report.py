@@ -119,7 +119,8 @@ def _plot_ap(path: Path, variants, runs) -> None:
     ax.set_ylabel("COCO AP")
     ax.set_title("AP per variant (points: seeds, bar: mean)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -142,7 +143,8 @@ def _plot_losses(path: Path, variants, runs) -> None:
     ax.set_yscale("log")
     ax.set_title("Training loss, one line per seed")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
