@@ -11,7 +11,7 @@ else
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup test demo bench clean-venv
+.PHONY: setup test demo bench study clean-venv
 
 setup: $(STAMP)
 
@@ -33,6 +33,21 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py --output output/bench
+
+# The README's variant study on the embedded dataset (hours on CPU); run it again to resume.
+STUDY_OUT := output/study
+study: setup
+	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py \
+	    --seeds 3 --output $(STUDY_OUT) \
+	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
+	    --variant 'retinanet_conf: model.head.dsa_levels=[]' \
+	    --variant 'dsanet: model.head.with_confidence=False' \
+	    --variant 'dsanet_conf:' \
+	    --variant 'dsanet_conf_sqrtC: model.head.dsa_qk_scale=channels' \
+	    --eval-variant 'dsanet_conf_alpha0=dsanet_conf: model.score_fusion_alpha=0.0' \
+	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
+	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
+	    --compare dsanet_conf:retinanet_conf --compare dsanet_conf_sqrtC:dsanet_conf
 
 clean-venv:
 	rm -rf $(VENV)

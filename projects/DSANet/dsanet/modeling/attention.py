@@ -19,7 +19,11 @@ __all__ = [
     "fused_attention",
     "ATTENTION_KINDS",
     "build_attention",
+    "QK_SCALES",
 ]
+
+# Choices for the factor on Q K^T (see SelfAttention2d): the paper's 1/sqrt(C/8), the authors' code's 1/sqrt(C).
+QK_SCALES = ("query_dim", "channels")
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -63,14 +67,21 @@ class SelfAttention2d(nn.Module):
     ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
     half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
     padded so that the half-resolution grid stays aligned.
+
+    ``qk_scale`` picks the factor on Q K^T: ``"query_dim"`` is 1/sqrt(C // reduction), the
+    paper's eq. 5 (d_k = C/8); ``"channels"`` is 1/sqrt(C), what the authors' released FPN code
+    computes (``d_k = C``).
     """
 
     def __init__(self, channels: int, *, reduction: int = 8, stride: int = 1, kernel_size: int = 1,
-                 fused: bool = True):
+                 fused: bool = True, qk_scale: str = "query_dim"):
         super().__init__()
         if channels % reduction:
             raise ValueError(f"channels={channels} is not divisible by reduction={reduction}")
+        if qk_scale not in QK_SCALES:
+            raise ValueError(f"qk_scale={qk_scale!r}; choose one of {QK_SCALES}")
         self.qk_dim = channels // reduction
+        self.scale = 1.0 / math.sqrt(self.qk_dim if qk_scale == "query_dim" else channels)
         self.stride = stride
         self.fused = fused
         conv = dict(kernel_size=kernel_size, stride=stride, padding=kernel_size // 2)
@@ -87,7 +98,7 @@ class SelfAttention2d(nn.Module):
         n, c, h, w = v.shape
         q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
         attend = fused_attention if self.fused else dense_attention
-        out = attend(q, k, v, 1.0 / math.sqrt(self.qk_dim))  # (N, l, C)
+        out = attend(q, k, v, self.scale)  # (N, l, C)
         out = out.transpose(1, 2).reshape(n, c, h, w)
         if (h, w) != tuple(x.shape[-2:]):
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
@@ -112,16 +123,17 @@ class SpatialAttention2d(nn.Module):
 
 # Attention kinds selectable by name in configs (DSA levels map a level to one of these).
 ATTENTION_KINDS: Dict[str, Callable[..., nn.Module]] = {
-    "self": lambda c, r: SelfAttention2d(c, reduction=r),
-    "self_dense": lambda c, r: SelfAttention2d(c, reduction=r, fused=False),
-    "self_half_k1": lambda c, r: SelfAttention2d(c, reduction=r, stride=2, kernel_size=1),
-    "self_half_k3": lambda c, r: SelfAttention2d(c, reduction=r, stride=2, kernel_size=3),
-    "cbam": lambda c, r: SpatialAttention2d(c),
+    "self": lambda c, r, **kw: SelfAttention2d(c, reduction=r, **kw),
+    "self_dense": lambda c, r, **kw: SelfAttention2d(c, reduction=r, fused=False, **kw),
+    "self_half_k1": lambda c, r, **kw: SelfAttention2d(c, reduction=r, stride=2, kernel_size=1, **kw),
+    "self_half_k3": lambda c, r, **kw: SelfAttention2d(c, reduction=r, stride=2, kernel_size=3, **kw),
+    "cbam": lambda c, r, **kw: SpatialAttention2d(c),  # no Q K^T: qk_scale does not apply
 }
 
 
-def build_attention(kind: str, channels: int, reduction: int = 8) -> nn.Module:
-    """Build an attention module by kind name (a key of :data:`ATTENTION_KINDS`)."""
+def build_attention(kind: str, channels: int, reduction: int = 8, *, qk_scale: str = "query_dim") -> nn.Module:
+    """Build an attention module by kind name (a key of :data:`ATTENTION_KINDS`); ``qk_scale`` is
+    passed to the self-attention kinds (see :class:`SelfAttention2d`)."""
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"unknown attention kind {kind!r}; choose one of {sorted(ATTENTION_KINDS)}")
-    return ATTENTION_KINDS[kind](channels, reduction)
+    return ATTENTION_KINDS[kind](channels, reduction, qk_scale=qk_scale)

@@ -52,10 +52,13 @@ class DecoupledSelfAttention(nn.Module):
         shared: one branch feeding both tasks instead of one branch per task.
         learn_gamma: learned gamma (initialised to 0) or gamma fixed to 1.
         reduction: query/key channels are C // reduction.
+        qk_scale: factor on Q K^T in self-attention, ``"query_dim"`` (1/sqrt(C // reduction), paper
+            eq. 5) or ``"channels"`` (1/sqrt(C), the authors' code).
     """
 
     def __init__(self, *, in_features: Sequence[str], levels: LevelSpec, channels: int,
-                 shared: bool = False, learn_gamma: bool = True, reduction: int = 8):
+                 shared: bool = False, learn_gamma: bool = True, reduction: int = 8,
+                 qk_scale: str = "query_dim"):
         super().__init__()
         levels = normalize_levels(levels)
         unknown = sorted(set(levels) - set(in_features))
@@ -66,7 +69,7 @@ class DecoupledSelfAttention(nn.Module):
 
         def branch() -> nn.ModuleDict:
             return nn.ModuleDict({
-                level: DSABlock(build_attention(kind, channels, reduction), learn_gamma=learn_gamma)
+                level: DSABlock(build_attention(kind, channels, reduction, qk_scale=qk_scale), learn_gamma=learn_gamma)
                 for level, kind in levels.items()
             })
 

@@ -46,7 +46,11 @@ class DSANet(RetinaNet):
     Args (beyond RetinaNet's):
         conf_loss_weight: weight of ``loss_conf``.
         score_fusion_alpha: alpha in ``score = cls^(1-alpha) * sigmoid(conf)^alpha`` at inference;
-            0 ranks by classification alone. Default 0.4, as in the authors' RetinaNet-Conf code.
+            0 ranks by classification alone; 0.5 ranks like the product cls * conf, which is what
+            the paper's Table 6 ("x" rows) describes. The authors' released inference code
+            (chenzuge1/DSANet at 70ade58, ``AnchorHead._get_bboxes_single``) uses alpha = 0.7.
+            The default 0.4 is this project's own choice; see the README's study for how
+            0.4, 0.5 and 0.7 compare.
     """
 
     def __init__(self, *, conf_loss_weight: float = 1.0, score_fusion_alpha: float = 0.4, **kwargs):

@@ -1,0 +1,14 @@
+"""Paired, multi-seed comparison of model variants through train_net.py (tools/compare_variants.py).
+
+- :mod:`.variants`: what a variant is and how one is written on the command line;
+- :mod:`.runner`: the runs (train or evaluate each variant with each seed), resumable;
+- :mod:`.stats`: mean, std and paired t-intervals over seeds;
+- :mod:`.report`: results.json, results.csv, summary.md and the plots.
+"""
+from .report import write_report
+from .runner import Run, StudyRunner, plan_runs
+from .stats import paired_difference, summarize, t_quantile_975
+from .variants import Variant, parse_comparison, parse_eval_variant, parse_variant
+
+__all__ = ["Variant", "parse_variant", "parse_eval_variant", "parse_comparison", "Run", "plan_runs",
+           "StudyRunner", "summarize", "paired_difference", "t_quantile_975", "write_report"]

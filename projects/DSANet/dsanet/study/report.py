@@ -1,0 +1,187 @@
+"""The study's outputs: results.json and results.csv (every run), summary.md (tables), ap.png and
+loss_curves.png."""
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from .runner import Run
+from .stats import CI_METHOD, paired_difference, summarize
+from .variants import Variant
+
+__all__ = ["write_report", "comparisons_for", "DIFF_METRICS"]
+
+DIFF_METRICS = ("AP", "AP50", "AP75")
+
+
+def comparisons_for(variants: Sequence[Variant], extra: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """Every variant against the baseline (the first), every evaluation-only variant against its
+    source, then the ``extra`` pairs; each pair once."""
+    baseline = variants[0].name
+    pairs = [(v.name, baseline) for v in variants[1:]]
+    pairs += [(v.name, v.source) for v in variants if not v.trained and v.source != baseline]
+    pairs += list(extra)
+    return list(dict.fromkeys(pairs))
+
+
+def _json_safe(value):
+    """nan -> None (null), so results.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _relative(path: Path, output: Path) -> str:
+    """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
+    try:
+        return str(path.relative_to(output))
+    except ValueError:
+        return str(path)
+
+
+def _per_seed(runs: Sequence[Run], name: str) -> Dict[int, Dict[str, float]]:
+    return {r.seed: r.metrics for r in runs if r.variant.name == name and r.ok}
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _loss_curve(run: Run) -> Tuple[List[int], List[float]]:
+    """(iterations, total_loss) from the run's metrics.json (detectron2 JSONWriter: one JSON per line)."""
+    path = run.directory / "metrics.json"
+    points = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run
+            if "total_loss" in record and "iteration" in record:
+                points[record["iteration"]] = record["total_loss"]  # a resumed run rewrites some iterations
+    its = sorted(points)
+    return its, [points[i] for i in its]
+
+
+def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> str:
+    lines = [f"# Comparison of {len(variants)} variants over seeds {list(seeds)}", "",
+             "Mean ± std over the seeds that finished (n); std with n-1.", "",
+             "| variant | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for v in variants:
+        s = summary[v.name]
+        lines.append(f"| {v.name} | {s['AP']['n']} | " + " | ".join(
+            f"{_fmt(s[m]['mean'])} ± {_fmt(s[m]['std'])}" for m in metrics) + " |")
+    lines += ["", f"Paired differences, 95% confidence interval. Method: {CI_METHOD}.", "",
+              "| variant | against | n | " + " | ".join(f"Δ{m} [95% CI]" for m in DIFF_METRICS) + " |",
+              "|---|---|---|" + "---|" * len(DIFF_METRICS)]
+    for d in differences:
+        cells = [f"{_fmt(d[m]['mean'], 2)} [{_fmt(d[m]['ci_low'], 2)}, {_fmt(d[m]['ci_high'], 2)}]"
+                 if d[m] else "—" for m in DIFF_METRICS]
+        n = next((d[m]["n"] for m in DIFF_METRICS if d[m]), 0)
+        lines.append(f"| {d['variant']} | {d['against']} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""]
+    for v in variants:
+        how = "trained" if v.trained else f"evaluates {v.source}'s checkpoints"
+        lines.append(f"- `{v.name}` ({how}): `{' '.join(v.overrides) or '(base config)'}`")
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        lines += ["", "Failed runs:", ""] + [f"- {r.label}: {r.error.splitlines()[-1] if r.error else ''}"
+                                             for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_ap(path: Path, variants, runs) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(variants), 4))
+    seeds = sorted({r.seed for r in runs})
+    colors = plt.get_cmap("tab10")
+    labelled = set()  # each legend entry once
+    for x, v in enumerate(variants):
+        per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
+        for s, ap in per_seed.items():
+            label = f"seed {s}"
+            ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
+                       s=22, zorder=3, label=None if label in labelled else label)
+            labelled.add(label)
+        if per_seed:
+            ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2, zorder=2,
+                      label=None if "mean" in labelled else "mean")
+            labelled.add("mean")
+    ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
+    ax.set_ylabel("COCO AP")
+    ax.set_title("AP per variant (points: seeds, bar: mean)")
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_losses(path: Path, variants, runs) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.get_cmap("tab10")
+    for i, v in enumerate(x for x in variants if x.trained):  # evaluation-only variants share their source's
+        for j, run in enumerate(r for r in runs if r.variant.name == v.name and r.ok):
+            its, losses = _loss_curve(run)
+            if its:
+                ax.plot(its, losses, color=colors(i % 10), linewidth=1, alpha=0.7, label=v.name if j == 0 else None)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("total_loss")
+    ax.set_yscale("log")
+    ax.set_title("Training loss, one line per seed")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(output: Path, *, config_file: str, common_overrides: Sequence[str], variants: Sequence[Variant],
+                 seeds: Sequence[int], runs: Sequence[Run], metrics: Sequence[str],
+                 extra_comparisons: Sequence[Tuple[str, str]] = ()) -> Dict:
+    """Write results.json, results.csv, summary.md, ap.png and loss_curves.png into ``output``.
+
+    Returns:
+        the content of results.json.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    summary = {v.name: summarize(_per_seed(runs, v.name), metrics) for v in variants}
+    differences = []
+    for name, against in comparisons_for(variants, extra_comparisons):
+        a, b = _per_seed(runs, name), _per_seed(runs, against)
+        differences.append({"variant": name, "against": against, **{
+            m: paired_difference({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
+            for m in DIFF_METRICS}})
+    results = {
+        "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
+        "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
+        "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
+                  "metrics": r.metrics, "error": r.error, "directory": _relative(r.directory, output)} for r in runs],
+        "summary": summary, "differences": differences, "ci_method": CI_METHOD,
+    }
+    (output / "results.json").write_text(json.dumps(_json_safe(results), indent=2, default=str))
+    with open(output / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "seed", "status", *metrics, "seconds", "error"])
+        for r in runs:
+            writer.writerow([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
+                             "" if math.isnan(r.seconds) else round(r.seconds, 1),
+                             r.error.splitlines()[-1] if r.error else ""])
+    (output / "summary.md").write_text(_summary_markdown(variants, summary, differences, metrics, runs, seeds))
+    _plot_ap(output / "ap.png", variants, runs)
+    _plot_losses(output / "loss_curves.png", variants, runs)
+    return results

@@ -1,0 +1,70 @@
+"""Statistics over seeds: mean and sample std per metric, and the paired t-interval of a difference.
+
+Paired: variant and baseline share each seed (same data order, same schedule), so the interval is
+built on the per-seed differences d_s = x_s - b_s: mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n).
+"""
+import math
+from typing import Dict, Optional, Sequence
+
+__all__ = ["mean_std", "summarize", "paired_difference", "t_quantile_975", "CI_METHOD"]
+
+CI_METHOD = ("paired t-interval over seeds: per-seed differences d = variant - baseline (same seed), "
+             "mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), sd with n-1 in the denominator; needs n >= 2")
+
+# Student t 0.975 quantiles for 1..30 degrees of freedom (3 decimals, as printed in t tables).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (two-sided 95%).
+
+    scipy's value where scipy is installed; otherwise a t table for df <= 30 and, above, the
+    Cornish-Fisher expansion around the normal quantile (error below 1e-5 there).
+    """
+    if df < 1:
+        raise ValueError(f"df={df}: a t quantile needs at least 1 degree of freedom")
+    try:
+        from scipy.stats import t
+        return float(t.ppf(0.975, df))
+    except ImportError:
+        pass
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def mean_std(values: Sequence[float]) -> Dict[str, float]:
+    """``{"mean", "std", "n"}``; std is the sample std (n-1), nan for fewer than two values."""
+    n = len(values)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "n": n}
+
+
+def summarize(per_seed: Dict[int, Dict[str, float]], metrics: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Per metric, mean and std over the seeds of one variant (``per_seed``: seed -> metrics)."""
+    return {m: mean_std([r[m] for r in per_seed.values() if not math.isnan(r.get(m, math.nan))]) for m in metrics}
+
+
+def paired_difference(variant: Dict[int, float], baseline: Dict[int, float]) -> Optional[Dict]:
+    """The paired 95% t-interval of ``variant - baseline`` over the seeds both have.
+
+    Returns:
+        ``{"mean", "ci_low", "ci_high", "n", "per_seed"}`` (interval ends nan when n < 2), or None
+        when no seed is shared.
+    """
+    seeds = sorted(set(variant) & set(baseline))
+    diffs = [variant[s] - baseline[s] for s in seeds if not math.isnan(variant[s] - baseline[s])]
+    if not diffs:
+        return None
+    stats = mean_std(diffs)
+    half = t_quantile_975(len(diffs) - 1) * stats["std"] / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return {"mean": stats["mean"], "ci_low": stats["mean"] - half, "ci_high": stats["mean"] + half,
+            "n": len(diffs), "per_seed": {s: variant[s] - baseline[s] for s in seeds}}

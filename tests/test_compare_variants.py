@@ -1,0 +1,159 @@
+"""tools/compare_variants.py end to end on a tiny schedule, and the statistics it reports."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsanet.data import ensure_synthetic_dataset
+from dsanet.errors import UserInputError
+from dsanet.study import StudyRunner, paired_difference, parse_eval_variant, parse_variant, plan_runs, t_quantile_975
+from dsanet.study.runner import MARKER
+from dsanet.study import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "compare_variants.py"
+DEMO_CONFIG = ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
+TEN = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR", "ARs", "ARm", "ARl"]
+
+
+def tiny_schedule(data: Path) -> list:
+    """Overrides for every run: a small COCO-format copy of the synthetic data, two iterations."""
+    return [
+        f"+datasets.tiny_train.json_file={data / 'annotations' / 'train.json'}",
+        f"+datasets.tiny_train.image_root={data / 'train'}",
+        f"+datasets.tiny_val.json_file={data / 'annotations' / 'val.json'}",
+        f"+datasets.tiny_val.image_root={data / 'val'}",
+        "dataloader.train.dataset.names=tiny_train", "dataloader.test.dataset.names=tiny_val",
+        "train.max_iter=2", "train.log_period=1", "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+        "+model.test_score_thresh=0.0",  # two iterations score below detectron2's 0.05: keep every box
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("data") / "shapes", num_train=16, num_val=6)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_data):
+    """Two variants x two seeds, an evaluation-only variant and a variant with a bad key; then the
+    same command again."""
+    output = tmp_path_factory.mktemp("study") / "out"
+    command = [
+        sys.executable, str(TOOL), "--config-file", str(DEMO_CONFIG), "--seeds", "2", "--output", str(output),
+        "--variant", "retinanet: model.head.dsa_levels=[] model.head.with_confidence=False",
+        "--variant", "dsanet_conf:",
+        "--variant", "broken: model.head.no_such_key=1",
+        "--eval-variant", "alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7",
+        *tiny_schedule(tiny_data),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, cwd=ROOT)
+    first_results = json.loads((output / "results.json").read_text())  # the second invocation rewrites it
+    checkpoints = sorted(output.glob("runs/*/seed*/model_final.pth"))
+    mtimes = {p: p.stat().st_mtime_ns for p in checkpoints}
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, cwd=ROOT)
+    return {"output": output, "first": first, "first_results": first_results, "second": second,
+            "mtimes": mtimes}
+
+
+def test_every_run_is_trained_or_evaluated_and_the_bad_variant_is_named(study):
+    first, output = study["first"], study["output"]
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # 1: some run failed
+    assert "[1/8] retinanet seed 0: training" in first.stdout
+    assert "ETA" in first.stdout
+    assert "broken seed 0: FAILED: error: override 'model.head.no_such_key=1'" in first.stdout
+    assert "2 of 8 runs failed: broken seed 0, broken seed 1" in first.stdout
+    results = study["first_results"]
+    status = {(r["variant"], r["seed"]): r["status"] for r in results["runs"]}
+    assert status == {(v, s): "failed" if v == "broken" else "done"
+                      for v in ["retinanet", "dsanet_conf", "broken", "alpha0.7"] for s in (0, 1)}
+    for run in results["runs"]:
+        if run["status"] == "done":
+            assert set(run["metrics"]) >= set(TEN)
+            assert math.isfinite(run["metrics"]["AP"]) and math.isfinite(run["metrics"]["AR"])
+    assert len(study["mtimes"]) == 4  # trained runs only; evaluation-only runs reuse dsanet_conf's
+    assert not (output / "runs" / "alpha0.7" / "seed0" / "model_final.pth").exists()
+
+
+def test_the_report_files_hold_the_table_the_intervals_and_the_plots(study):
+    output = study["output"]  # as the second invocation wrote them: from the runs it read
+    results = json.loads((output / "results.json").read_text())
+    assert results["summary"]["dsanet_conf"]["AP"]["n"] == 2
+    diffs = {(d["variant"], d["against"]): d for d in results["differences"]}
+    assert set(diffs) == {("dsanet_conf", "retinanet"), ("broken", "retinanet"), ("alpha0.7", "retinanet"),
+                          ("alpha0.7", "dsanet_conf")}
+    ap = diffs[("dsanet_conf", "retinanet")]["AP"]
+    assert ap["n"] == 2 and ap["ci_low"] <= ap["mean"] <= ap["ci_high"]
+    per_run = {(r["variant"], r["seed"]): r["metrics"] for r in results["runs"]}
+    expected = sum(per_run[("dsanet_conf", s)]["AP"] - per_run[("retinanet", s)]["AP"] for s in (0, 1)) / 2
+    assert ap["mean"] == pytest.approx(expected)
+    assert diffs[("broken", "retinanet")]["AP"] is None
+    assert results["runs"][0]["directory"] == "runs/retinanet/seed0"  # relative: the JSON can be kept elsewhere
+    rows = list(csv.DictReader((output / "results.csv").open()))
+    assert len(rows) == 8 and set(TEN) <= set(rows[0])
+    summary = (output / "summary.md").read_text()
+    assert "| dsanet_conf | 2 |" in summary and "paired t-interval" in summary
+    for plot in ["ap.png", "loss_curves.png"]:
+        assert (output / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_second_invocation_reads_finished_runs_and_retrains_nothing(study):
+    second = study["second"]
+    assert second.stdout.count("done, reading its results") == 6
+    assert "training" not in second.stdout and "evaluating" not in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in study["mtimes"]} == study["mtimes"]
+    assert "broken seed 1: FAILED" in second.stdout
+    results = json.loads((study["output"] / "results.json").read_text())
+    assert {r["status"] for r in results["runs"] if r["variant"] != "broken"} == {"reused"}
+    assert [r["metrics"] for r in results["runs"]] == [r["metrics"] for r in study["first_results"]["runs"]]
+
+
+def test_a_run_that_crashes_is_reported_with_its_error_and_leaves_no_marker(tiny_data, tmp_path):
+    """A key that exists but a value train_net.py rejects only once it builds the model."""
+    lines = []
+    runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(DEMO_CONFIG),
+                         common_overrides=tiny_schedule(tiny_data), log=lines.append,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    variants = [parse_variant("crash: model.head.dsa_levels=[p9]")]
+    eval_only = parse_eval_variant("later=crash: model.score_fusion_alpha=0.5")
+    snapshots = []  # statuses each time the report would be rewritten
+    [run, dependent] = runner.run_all(plan_runs([*variants, eval_only], [0], tmp_path), [*variants, eval_only],
+                                      after_each=lambda runs: snapshots.append([r.status for r in runs]))
+    assert snapshots == [["failed", "pending"], ["failed", "failed"]]
+    assert run.status == "failed" and "train_net.py exited 1" in run.error and "p9" in run.error
+    assert not (run.directory / MARKER).exists()
+    assert dependent.status == "failed" and dependent.error == "its source run crash seed 0 failed"
+    assert lines[1].startswith("[1/2] crash seed 0: FAILED: train_net.py exited 1")
+
+
+def test_paired_interval_by_hand():
+    diff = paired_difference({0: 2.0, 1: 4.0, 2: 6.0, 3: 9.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # seed 3 unpaired
+    half = 4.303 * 1.0 / math.sqrt(3)  # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2)
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(2.0)
+    assert (diff["ci_low"], diff["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half), abs=1e-3)
+    assert math.isnan(paired_difference({0: 1.0}, {0: 0.5})["ci_low"])  # one seed: no interval
+
+
+def test_t_quantiles_without_scipy_agree_with_the_table(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # the fallback path, whatever is installed
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(2) == 4.303
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=1e-4)  # expansion beyond the table
+    assert abs(stats._T975[-1] - t_quantile_975(31)) < 3e-3
+
+
+@pytest.mark.parametrize("spec,parse,message", [
+    ("retinanet model.x=1", parse_variant, "expected 'NAME: key=value ...'"),
+    ("r: model.x", parse_variant, "override 'model.x' is not key=value"),
+    ("a/b: model.x=1", parse_variant, "name 'a/b' must be"),
+    ("alpha: model.x=1", parse_eval_variant, "expected 'NAME=SOURCE: key=value ...'"),
+])
+def test_bad_variant_specs_are_named(spec, parse, message):
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        parse(spec)

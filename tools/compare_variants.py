@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Compare model variants: train and evaluate each with the same seeds through train_net.py, then
+write a table of the ten COCO numbers (mean ± std over seeds), paired differences against the first
+variant with 95% confidence intervals, plots, and JSON/CSV of every run.
+
+    tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py --seeds 3 \\
+        --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \\
+        --variant 'dsanet_conf:' \\
+        --eval-variant 'alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \\
+        --output output/study  [key=value ...   (applied to every run)]
+
+Seed s sets train.seed=s for every variant (paired). A second invocation with the same output folder
+reads the runs that finished and runs only the rest; an interrupted training resumes from its last
+checkpoint. A run that fails is reported by name with its error, and the others go on. The
+report files are rewritten after every run (runs not yet made are listed as "pending").
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+from dsanet.errors import UserInputError
+from dsanet.evaluation import PAPER_METRICS
+from dsanet.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
+from dsanet.study.variants import check_variants
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config-file", required=True, help="the base config every variant overrides")
+    parser.add_argument("--variant", action="append", default=[], metavar="'NAME: key=value ...'",
+                        help="a trained variant (repeat; the first is the baseline)")
+    parser.add_argument("--eval-variant", action="append", default=[], metavar="'NAME=SOURCE: key=value ...'",
+                        help="evaluate SOURCE's checkpoints with extra overrides, no training (repeat)")
+    parser.add_argument("--compare", action="append", default=[], metavar="VARIANT:AGAINST",
+                        help="also report VARIANT's paired difference against AGAINST (repeat)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, the same for every variant")
+    parser.add_argument("--output", required=True, help="study folder (runs/, results.json, summary.md, plots)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides for every run")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the study; returns the exit status (1 when some run failed)."""
+    if args.seeds < 1:
+        raise UserInputError(f"--seeds {args.seeds}: need at least 1")
+    if not Path(args.config_file).is_file():
+        raise UserInputError(f"--config-file {args.config_file}: no such file")
+    bad = [o for o in args.opts if "=" not in o]
+    if bad:
+        raise UserInputError(f"override {bad[0]!r} is not key=value")
+    comparisons = [parse_comparison(c) for c in args.compare]
+    variants = check_variants([parse_variant(v) for v in args.variant] +
+                              [parse_eval_variant(v) for v in args.eval_variant], comparisons)
+    output = Path(args.output).resolve()
+    seeds = list(range(args.seeds))
+    runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(Path(args.config_file).resolve()),
+                         common_overrides=args.opts, num_gpus=args.num_gpus,
+                         log=lambda line: print(line, flush=True))
+
+    def report(runs) -> None:
+        write_report(output, config_file=args.config_file, common_overrides=args.opts, variants=variants,
+                     seeds=seeds, runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons)
+
+    # The report is rewritten after every run: a study stopped part-way still leaves its tables.
+    runs = runner.run_all(plan_runs(variants, seeds, output), variants, after_each=report)
+    report(runs)
+    print((output / "summary.md").read_text(), flush=True)
+    failed = [r.label for r in runs if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", flush=True)
+    print(f"wrote {output}/results.json, results.csv, summary.md, ap.png, loss_curves.png", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parse_args()))
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
