@@ -69,16 +69,19 @@ def test_two_processes_of_batch_2_equal_one_process_of_batch_4(tmp_path):
         for name, value in expected["losses"].items():
             # Each process's loss is its share; their mean is what DDP's averaged gradient descends.
             mean = (ranks[0][step]["losses"][name] + ranks[1][step]["losses"][name]) / 2
-            torch.testing.assert_close(mean, value, rtol=RTOL, atol=ATOL, msg=f"step {step} {name}")
+            torch.testing.assert_close(mean, value, rtol=RTOL, atol=ATOL,
+                                       msg=lambda m, step=step, name=name: f"step {step} {name}: {m}")
         for name, grad in expected["grads"].items():
             assert grad is not None, name
             torch.testing.assert_close(ranks[0][step]["grads"][name], grad, rtol=RTOL, atol=ATOL,
-                                       msg=f"step {step} gradient of {name}")
+                                       msg=lambda m, step=step, name=name: f"step {step} gradient of {name}: {m}")
             assert torch.equal(ranks[0][step]["grads"][name], ranks[1][step]["grads"][name]), name
 
 
 def _variants_worker(output_dir: str) -> None:
     from detectron2.utils import comm
+
+    torch.set_num_threads(1)  # only gradient presence is checked here; two threads per process only contend
 
     rank = comm.get_rank()
     without_gradient = {}
