@@ -1,0 +1,145 @@
+"""Exact softmax attention in memory linear in the sequence length, at the true query width.
+
+``softmax(Q K^T * scale) V`` with q, k of width D and v of width C (D = C / 8 in DSANet). The
+queries are processed in blocks of B rows: a block's (N, B, L) score matrix is the only
+quadratic-looking tensor ever alive, and B is chosen so that it stays within
+:data:`BLOCK_BUDGET_BYTES`. The forward saves q, k, v, the output and the per-row log-sum-exp
+(all O(L)); the backward recomputes each block's softmax from them (as FlashAttention does), so
+no L x L matrix exists for the whole map in either pass.
+
+Unlike PyTorch's CPU flash kernel, which needs q, k and v of one width (so q and k would be
+zero-padded from D to C, making Q K^T cost C / D times its math), the products here run at width D.
+
+Naming: N batch, L = Lq = Lk positions, D query/key width, C value width, B query rows per block.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["BLOCK_BUDGET_BYTES", "attention_flops", "blockwise_attention", "query_block_rows"]
+
+# Bytes one block's (N, B, L) fp32 score matrix may take. The backward holds two such matrices
+# (P and dP) at once. 16 MiB keeps a block within a large L3 slice while making the per-block
+# matrix products big enough (B >= a few hundred rows at P3) that Python's loop overhead is noise.
+BLOCK_BUDGET_BYTES = 16 * 2 ** 20
+_FLOAT32_BYTES = 4
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def query_block_rows(batch: int, length_q: int, length_k: int, budget_bytes: Optional[int] = None) -> int:
+    """Query rows B per block so that one (batch, B, length_k) fp32 score matrix fits ``budget_bytes``
+    (default :data:`BLOCK_BUDGET_BYTES`, read at call time).
+
+    At least 1 row and at most ``length_q`` (one block for short sequences).
+    """
+    budget_bytes = BLOCK_BUDGET_BYTES if budget_bytes is None else budget_bytes
+    rows = budget_bytes // max(batch * length_k * _FLOAT32_BYTES, 1)
+    return int(min(max(rows, 1), max(length_q, 1)))
+
+
+def _block_probabilities(q_block: torch.Tensor, k_t: torch.Tensor,
+                         lse_block: torch.Tensor) -> torch.Tensor:
+    """P = exp(q_block k^T - lse) for one block, in one fresh (N, B, L) buffer.
+
+    Args:
+        q_block: (N, B, D), already multiplied by the scale; k_t: (N, D, L); lse_block: (N, B, 1).
+    """
+    scores = torch.bmm(q_block, k_t)  # (N, B, L)
+    return scores.sub_(lse_block).exp_()
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    """softmax(q k^T * scale) v, blockwise over queries; see the module docstring.
+
+    forward(q (N, L, D), k (N, L, D), v (N, L, C), scale, block_rows) -> (N, L, C).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                block_rows: int) -> torch.Tensor:
+        q_scaled = q * scale  # scaling q (N, L, D) is cheaper than scaling every (N, B, L) block
+        k_t = k.transpose(1, 2)  # (N, D, L), a view: bmm takes it strided
+        n, length, _ = q.shape
+        out = v.new_empty(n, length, v.shape[-1])  # (N, L, C)
+        lse = q.new_empty(n, length, 1)  # (N, L, 1) log-sum-exp of each score row
+        for start in range(0, length, block_rows):
+            rows = slice(start, start + block_rows)
+            scores = torch.bmm(q_scaled[:, rows], k_t)  # (N, B, L)
+            row_max = scores.amax(dim=-1, keepdim=True)  # (N, B, 1): exp never overflows
+            weights = scores.sub_(row_max).exp_()  # unnormalised softmax, in place
+            row_sum = weights.sum(dim=-1, keepdim=True)  # (N, B, 1)
+            out[:, rows] = torch.bmm(weights, v).div_(row_sum)  # (N, B, C)
+            lse[:, rows] = row_max + row_sum.log()
+            del scores, weights
+        ctx.save_for_backward(q_scaled, k, v, out, lse)
+        ctx.scale, ctx.block_rows, ctx.compute_dtype = scale, block_rows, q.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """Per block: P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
+        dQ = dS K * scale, dK += dS^T Q * scale."""
+        # backward() may be called inside autocast: keep every product here in fp32.
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _BlockwiseAttention._backward(ctx, grad_out.to(ctx.compute_dtype))
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        q_scaled, k, v, out, lse = ctx.saved_tensors
+        scale, block_rows = ctx.scale, ctx.block_rows
+        grad_out = grad_out.contiguous()  # the gradient of sum() arrives as an expanded scalar
+        k_t = k.transpose(1, 2)  # (N, D, L)
+        v_t = v.transpose(1, 2)  # (N, C, L)
+        length = q_scaled.shape[1]
+        grad_q = torch.empty_like(q_scaled)  # (N, L, D)
+        grad_k = torch.zeros_like(k)  # (N, L, D), summed over blocks
+        grad_v = torch.zeros_like(v)  # (N, L, C), summed over blocks
+        # delta_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, O(L * C).
+        delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (N, L, 1)
+        for start in range(0, length, block_rows):
+            rows = slice(start, start + block_rows)
+            grad_out_block = grad_out[:, rows]  # (N, B, C)
+            probs = _block_probabilities(q_scaled[:, rows], k_t, lse[:, rows])  # (N, B, L)
+            grad_v.baddbmm_(probs.transpose(1, 2), grad_out_block)  # (N, L, C)
+            grad_scores = torch.bmm(grad_out_block, v_t)  # dP (N, B, L)
+            grad_scores.sub_(delta[:, rows]).mul_(probs)  # dS, in place
+            del probs
+            grad_q[:, rows] = torch.bmm(grad_scores, k)  # (N, B, D)
+            grad_k.baddbmm_(grad_scores.transpose(1, 2), q_scaled[:, rows])  # q_scaled carries the scale
+            del grad_scores
+        grad_q.mul_(scale)
+        return grad_q, grad_k, grad_v, None, None
+
+
+def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        block_rows: Optional[int] = None) -> torch.Tensor:
+    """Exact softmax(q k^T * scale) v in memory linear in L, q and k at their own width D.
+
+    Low-precision inputs (bf16/fp16, e.g. from convs under autocast) are computed in fp32 (the
+    upcast copies are O(L * C)) with autocast off, and the result is returned in v's dtype:
+    the softmax statistics stay exact and no matmul silently drops to bf16 inside the kernel.
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+        scale: multiplies q k^T (1 / sqrt(D) in DSANet).
+        block_rows: query rows per block; default :func:`query_block_rows` (a 16 MiB score block).
+    Returns:
+        (N, L, C) in v's dtype.
+    """
+    if q.dim() != 3 or k.shape != q.shape or v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"expected q, k (N, L, D) and v (N, L, C); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    dtype = v.dtype
+    compute_dtype = torch.float32 if dtype in _LOW_PRECISION else dtype  # fp64 stays fp64 (gradcheck)
+    n, length, _ = q.shape
+    block_rows = block_rows or query_block_rows(n, length, length)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+        out = _BlockwiseAttention.apply(q, k, v, float(scale), int(block_rows))
+    return out.to(dtype)
+
+
+def attention_flops(batch: int, length_q: int, length_k: int, qk_dim: int, v_dim: int) -> int:
+    """Multiply-adds of softmax(Q K^T) V's two matrix products: N * Lq * Lk * (D + C)."""
+    return batch * length_q * length_k * (qk_dim + v_dim)
+
