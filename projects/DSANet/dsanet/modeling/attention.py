@@ -152,10 +152,12 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
-        # channels_last makes the conv outputs (N, l, D|C) contiguous views: no transposed copies
-        # of q, k, v beyond the conv outputs.
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        q, k, v = self.query(x_cl), self.key(x_cl), self.value(x_cl)  # (N, D|C, h, w), h = H / stride
+        if self._needs_contiguous_qkv(x.device.type):
+            # SDPA needs q, k, v contiguous in their last dim: channels_last makes the conv outputs
+            # (N, l, D|C) contiguous views. Dense and blockwise read the transposed views as they
+            # are, so there the copy of x (one more (N, C, H, W) tensor, kept for backward) is skipped.
+            x = x.contiguous(memory_format=torch.channels_last)
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (N, D|C, h, w), h = H / stride
         n, c, h, w = v.shape
         q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
         out = ATTENTION_IMPLS[self.impl](q, k, v, 1.0 / math.sqrt(self.qk_dim))  # (N, l, C)
@@ -163,6 +165,10 @@ class SelfAttention2d(nn.Module):
         if (h, w) != tuple(x.shape[-2:]):
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
         return out
+
+    def _needs_contiguous_qkv(self, device_type: str) -> bool:
+        """True when the attention will run SDPA, which wants q, k, v contiguous in their last dim."""
+        return self.impl in ("sdpa", "sdpa_padded") or (self.impl == "auto" and device_type == "cuda")
 
 
 class SpatialAttention2d(nn.Module):

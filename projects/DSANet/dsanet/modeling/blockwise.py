@@ -4,8 +4,9 @@
 queries are processed in blocks of B rows: a block's (N, B, L) score matrix is the only
 quadratic-looking tensor ever alive, and B is chosen so that it stays within
 :data:`BLOCK_BUDGET_BYTES`. The forward saves q, k, v, the output and the per-row log-sum-exp
-(all O(L)); the backward recomputes each block's softmax from them (as FlashAttention does), so
-no L x L matrix exists for the whole map in either pass.
+(all O(L)); the backward runs over blocks of B keys (all queries each) and recomputes each block's
+softmax from them (as FlashAttention does), so no L x L matrix exists for the whole map in either
+pass.
 
 Unlike PyTorch's CPU flash kernel, which needs q, k and v of one width (so q and k would be
 zero-padded from D to C, making Q K^T cost C / D times its math), the products here run at width D.
@@ -19,9 +20,9 @@ import torch
 __all__ = ["BLOCK_BUDGET_BYTES", "attention_flops", "blockwise_attention", "query_block_rows"]
 
 # Bytes one block's (N, B, L) fp32 score matrix may take. The backward holds two such matrices
-# (P and dP) at once. 16 MiB keeps a block within a large L3 slice while making the per-block
-# matrix products big enough (B >= a few hundred rows at P3) that Python's loop overhead is noise.
-BLOCK_BUDGET_BYTES = 16 * 2 ** 20
+# (P and dP) at once. 8 MiB keeps both within a few tens of MiB at P3 while the per-block matrix
+# products stay big enough (B = 125 rows at P3 of 800x1333) that Python's loop overhead is noise.
+BLOCK_BUDGET_BYTES = 8 * 2 ** 20
 _FLOAT32_BYTES = 4
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -35,17 +36,6 @@ def query_block_rows(batch: int, length_q: int, length_k: int, budget_bytes: Opt
     budget_bytes = BLOCK_BUDGET_BYTES if budget_bytes is None else budget_bytes
     rows = budget_bytes // max(batch * length_k * _FLOAT32_BYTES, 1)
     return int(min(max(rows, 1), max(length_q, 1)))
-
-
-def _block_probabilities(q_block: torch.Tensor, k_t: torch.Tensor,
-                         lse_block: torch.Tensor) -> torch.Tensor:
-    """P = exp(q_block k^T - lse) for one block, in one fresh (N, B, L) buffer.
-
-    Args:
-        q_block: (N, B, D), already multiplied by the scale; k_t: (N, D, L); lse_block: (N, B, 1).
-    """
-    scores = torch.bmm(q_block, k_t)  # (N, B, L)
-    return scores.sub_(lse_block).exp_()
 
 
 class _BlockwiseAttention(torch.autograd.Function):
@@ -62,8 +52,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         n, length, _ = q.shape
         out = v.new_empty(n, length, v.shape[-1])  # (N, L, C)
         lse = q.new_empty(n, length, 1)  # (N, L, 1) log-sum-exp of each score row
-        for start in range(0, length, block_rows):
-            rows = slice(start, start + block_rows)
+        for rows in _blocks(length, block_rows):
             scores = torch.bmm(q_scaled[:, rows], k_t)  # (N, B, L)
             row_max = scores.amax(dim=-1, keepdim=True)  # (N, B, 1): exp never overflows
             weights = scores.sub_(row_max).exp_()  # unnormalised softmax, in place
@@ -77,8 +66,8 @@ class _BlockwiseAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        """Per block: P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
-        dQ = dS K * scale, dK += dS^T Q * scale."""
+        """Per block of keys j: P = exp(Q K_j^T * scale - lse), dV_j = P^T dO, dP = dO V_j^T,
+        dS = P * (dP - rowsum(dO * O)), dK_j = dS^T Q * scale, dQ += dS K_j * scale."""
         # backward() may be called inside autocast: keep every product here in fp32.
         with torch.autocast(grad_out.device.type, enabled=False):
             return _BlockwiseAttention._backward(ctx, grad_out.to(ctx.compute_dtype))
@@ -87,28 +76,39 @@ class _BlockwiseAttention(torch.autograd.Function):
     def _backward(ctx, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         q_scaled, k, v, out, lse = ctx.saved_tensors
         scale, block_rows = ctx.scale, ctx.block_rows
-        grad_out = grad_out.contiguous()  # the gradient of sum() arrives as an expanded scalar
-        k_t = k.transpose(1, 2)  # (N, D, L)
-        v_t = v.transpose(1, 2)  # (N, C, L)
-        length = q_scaled.shape[1]
-        grad_q = torch.empty_like(q_scaled)  # (N, L, D)
-        grad_k = torch.zeros_like(k)  # (N, L, D), summed over blocks
-        grad_v = torch.zeros_like(v)  # (N, L, C), summed over blocks
-        # delta_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, O(L * C).
-        delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (N, L, 1)
-        for start in range(0, length, block_rows):
-            rows = slice(start, start + block_rows)
-            grad_out_block = grad_out[:, rows]  # (N, B, C)
-            probs = _block_probabilities(q_scaled[:, rows], k_t, lse[:, rows])  # (N, B, L)
-            grad_v.baddbmm_(probs.transpose(1, 2), grad_out_block)  # (N, L, C)
-            grad_scores = torch.bmm(grad_out_block, v_t)  # dP (N, B, L)
-            grad_scores.sub_(delta[:, rows]).mul_(probs)  # dS, in place
-            del probs
-            grad_q[:, rows] = torch.bmm(grad_scores, k)  # (N, B, D)
-            grad_k.baddbmm_(grad_scores.transpose(1, 2), q_scaled[:, rows])  # q_scaled carries the scale
+        if 0 in grad_out.stride():  # the gradient of sum() arrives as an expanded scalar
+            grad_out = grad_out.contiguous()
+        # Otherwise grad_out may be a transposed view: bmm reads it strided, without an (N, L, C) copy.
+        n, length, _ = q_scaled.shape
+        # delta_i = sum_j P_ij dP_ij = dO_i . O_i, the softmax backward's row term, in row chunks
+        # so that no (N, L, C) product is materialised.
+        delta = lse.new_empty(n, length, 1)  # (N, L, 1)
+        for rows in _blocks(length, block_rows):
+            delta[:, rows] = (grad_out[:, rows] * out[:, rows]).sum(dim=-1, keepdim=True)
+        grad_q = torch.zeros_like(q_scaled)  # (N, L, D), summed over key blocks
+        grad_k = torch.empty_like(k)  # (N, L, D)
+        grad_v = torch.empty_like(v)  # (N, L, C)
+        # Blocks of keys, all queries per block: dK and dV of a key block are complete after one
+        # step (no (N, L, C) accumulator read and written once per block); only the small dQ
+        # (N, L, D) accumulates.
+        block_keys = block_rows
+        for cols in _blocks(length, block_keys):
+            scores = torch.bmm(q_scaled, k[:, cols].transpose(1, 2))  # (N, L, Bk)
+            probs = scores.sub_(lse).exp_()  # P, recomputed from the saved log-sum-exp
+            grad_v[:, cols] = torch.bmm(probs.transpose(1, 2), grad_out)  # (N, Bk, C)
+            grad_scores = torch.bmm(grad_out, v[:, cols].transpose(1, 2))  # dP (N, L, Bk)
+            grad_scores.sub_(delta).mul_(probs)  # dS = P * (dP - delta), in place
+            del scores, probs
+            grad_k[:, cols] = torch.bmm(grad_scores.transpose(1, 2), q_scaled)  # q_scaled carries the scale
+            grad_q.baddbmm_(grad_scores, k[:, cols])  # (N, L, D)
             del grad_scores
         grad_q.mul_(scale)
         return grad_q, grad_k, grad_v, None, None
+
+
+def _blocks(length: int, size: int):
+    """Slices of ``size`` consecutive positions covering range(length)."""
+    return (slice(start, start + size) for start in range(0, length, size))
 
 
 def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -122,7 +122,7 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     Args:
         q, k: (N, L, D); v: (N, L, C).
         scale: multiplies q k^T (1 / sqrt(D) in DSANet).
-        block_rows: query rows per block; default :func:`query_block_rows` (a 16 MiB score block).
+        block_rows: query rows per block; default :func:`query_block_rows` (an 8 MiB score block).
     Returns:
         (N, L, C) in v's dtype.
     """
