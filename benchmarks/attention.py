@@ -39,6 +39,7 @@ DENSE_COPIES = 3  # the dense path holds about this many L x L fp32 matrices at 
 WARMUP_LENGTH = 256  # positions of the warm-up call that loads kernels and starts threads
 WARMUP_SIZE = (16, 16)  # the branch's warm-up map
 MB = 1e6
+BUDGET_MEASUREMENTS = 3  # fresh-process repeats of the resident P3 measurement (default malloc)
 
 
 def level_shape(image_size: Tuple[int, int], stride: int) -> Tuple[int, int]:
@@ -217,22 +218,28 @@ def memory_method(device: str) -> str:
             "small warm-up, with glibc's default malloc; inputs and output gradient allocated before the reset")
 
 
-def check_budget(device: str) -> Dict[str, Any]:
+def check_budget(device: str, measurements: int = BUDGET_MEASUREMENTS) -> Dict[str, Any]:
     """The P3 memory goal: one branch (auto path) at P3 of 800x1333, forward+backward, peak
     resident growth under BUDGET_MB (always the full-size P3, also in quick mode).
 
-    On CPU it is measured twice in fresh processes: with glibc's default malloc (what the OS sees:
-    the goal), and with glibc's mmap threshold pinned at 128 KiB, so that every large freed
+    On CPU it is measured ``measurements`` times, each in a fresh process, with glibc's default
+    malloc (what the OS sees; it varies with the allocator's history, so the goal is judged on the
+    largest), and once with glibc's mmap threshold pinned at 128 KiB, so that every large freed
     tensor goes back to the OS at once and the peak follows the live tensors.
     """
     shape = level_shape(common.FULL_IMAGE_SIZE, LEVEL_STRIDES["p3"])
-    resident = measure_branch_memory(shape, device, pin_malloc=False)
-    passed = resident < BUDGET_MB * MB
+    runs = 1 if common.is_cuda(device) else measurements
+    resident = [measure_branch_memory(shape, device, pin_malloc=False) for _ in range(runs)]
+    worst = max(resident)
+    passed = worst < BUDGET_MB * MB
     where = f"P3 {shape[0]}x{shape[1]}, one branch (auto path), forward+backward ({device})"
+    each = ", ".join(f"{r / common.MiB:.1f}" for r in resident)
     budget = {"level": "p3", "height": shape[0], "width": shape[1], "budget_mb": BUDGET_MB,
-              "resident_mib": resident / common.MiB, "resident_mb": resident / MB, "pass": passed,
-              "lines": [f"BUDGET {where}: peak resident growth {resident / common.MiB:.1f} MiB "
-                        f"({resident / MB:.1f} MB) vs budget {BUDGET_MB:.0f} MB: {'PASS' if passed else 'FAIL'}"]}
+              "resident_mib_each": [r / common.MiB for r in resident],
+              "resident_mib": worst / common.MiB, "resident_mb": worst / MB, "pass": passed,
+              "lines": [f"BUDGET {where}: peak resident growth, largest of {runs} fresh processes "
+                        f"{worst / common.MiB:.1f} MiB ({worst / MB:.1f} MB; each: {each} MiB) "
+                        f"vs budget {BUDGET_MB:.0f} MB: {'PASS' if passed else 'FAIL'}"]}
     if not common.is_cuda(device):
         live = measure_branch_memory(shape, device, pin_malloc=True)
         budget.update(live_mib=live / common.MiB, live_mb=live / MB)

@@ -13,6 +13,7 @@ zero-padded from D to C, making Q K^T cost C / D times its math), the products h
 
 Naming: N batch, L = Lq = Lk positions, D query/key width, C value width, B query rows per block.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -52,14 +53,15 @@ class _BlockwiseAttention(torch.autograd.Function):
         n, length, _ = q.shape
         out = v.new_empty(n, length, v.shape[-1])  # (N, L, C)
         lse = q.new_empty(n, length, 1)  # (N, L, 1) log-sum-exp of each score row
+        buffer = _BlockBuffer(q, n * min(block_rows, length) * length)
         for rows in _blocks(length, block_rows):
-            scores = torch.bmm(q_scaled[:, rows], k_t)  # (N, B, L)
+            block = buffer.view(n, len(range(length)[rows]), length)
+            scores = torch.bmm(q_scaled[:, rows], k_t, out=block)  # (N, B, L)
             row_max = scores.amax(dim=-1, keepdim=True)  # (N, B, 1): exp never overflows
             weights = scores.sub_(row_max).exp_()  # unnormalised softmax, in place
             row_sum = weights.sum(dim=-1, keepdim=True)  # (N, B, 1)
             out[:, rows] = torch.bmm(weights, v).div_(row_sum)  # (N, B, C)
             lse[:, rows] = row_max + row_sum.log()
-            del scores, weights
         ctx.save_for_backward(q_scaled, k, v, out, lse)
         ctx.scale, ctx.block_rows, ctx.compute_dtype = scale, block_rows, q.dtype
         return out
@@ -92,18 +94,33 @@ class _BlockwiseAttention(torch.autograd.Function):
         # step (no (N, L, C) accumulator read and written once per block); only the small dQ
         # (N, L, D) accumulates.
         block_keys = block_rows
+        size = n * length * min(block_keys, length)
+        probs_buffer, grad_scores_buffer = _BlockBuffer(q_scaled, size), _BlockBuffer(q_scaled, size)
         for cols in _blocks(length, block_keys):
-            scores = torch.bmm(q_scaled, k[:, cols].transpose(1, 2))  # (N, L, Bk)
-            probs = scores.sub_(lse).exp_()  # P, recomputed from the saved log-sum-exp
+            width = len(range(length)[cols])
+            probs = torch.bmm(q_scaled, k[:, cols].transpose(1, 2), out=probs_buffer.view(n, length, width))
+            probs.sub_(lse).exp_()  # P (N, L, Bk), recomputed from the saved log-sum-exp
             grad_v[:, cols] = torch.bmm(probs.transpose(1, 2), grad_out)  # (N, Bk, C)
-            grad_scores = torch.bmm(grad_out, v[:, cols].transpose(1, 2))  # dP (N, L, Bk)
+            grad_scores = torch.bmm(grad_out, v[:, cols].transpose(1, 2),
+                                    out=grad_scores_buffer.view(n, length, width))  # dP (N, L, Bk)
             grad_scores.sub_(delta).mul_(probs)  # dS = P * (dP - delta), in place
-            del scores, probs
             grad_k[:, cols] = torch.bmm(grad_scores.transpose(1, 2), q_scaled)  # q_scaled carries the scale
             grad_q.baddbmm_(grad_scores, k[:, cols])  # (N, L, D)
-            del grad_scores
+        del probs_buffer, grad_scores_buffer
         grad_q.mul_(scale)
         return grad_q, grad_k, grad_v, None, None
+
+
+class _BlockBuffer:
+    """One flat buffer reused by every block of a loop: blocks are allocated once rather than
+    freed and reallocated per block, which keeps the allocator's resident memory steady."""
+
+    def __init__(self, like: torch.Tensor, numel: int):
+        self.flat = like.new_empty(numel)
+
+    def view(self, *shape: int) -> torch.Tensor:
+        """The buffer's leading elements as a contiguous tensor of ``shape``."""
+        return self.flat[:math.prod(shape)].view(*shape)
 
 
 def _blocks(length: int, size: int):
