@@ -57,11 +57,13 @@ class _BlockwiseAttention(torch.autograd.Function):
         for rows in _blocks(length, block_rows):
             block = buffer.view(n, len(range(length)[rows]), length)
             scores = torch.bmm(q_scaled[:, rows], k_t, out=block)  # (N, B, L)
-            row_max = scores.amax(dim=-1, keepdim=True)  # (N, B, 1): exp never overflows
-            weights = scores.sub_(row_max).exp_()  # unnormalised softmax, in place
-            row_sum = weights.sum(dim=-1, keepdim=True)  # (N, B, 1)
-            out[:, rows] = torch.bmm(weights, v).div_(row_sum)  # (N, B, C)
-            lse[:, rows] = row_max + row_sum.log()
+            # One fused, max-subtracting kernel (as fast as one elementwise pass) instead of
+            # separate max, subtract, exp, sum and divide passes over the block.
+            log_probs = torch.log_softmax(scores, dim=-1)  # S - lse, (N, B, L)
+            # lse from any one column: S_0 - (S_0 - lse); log space, so nothing underflows.
+            lse[:, rows] = scores[..., :1] - log_probs[..., :1]
+            out[:, rows] = torch.bmm(log_probs.exp_(), v)  # softmax @ v, (N, B, C)
+            del log_probs
         ctx.save_for_backward(q_scaled, k, v, out, lse)
         ctx.scale, ctx.block_rows, ctx.compute_dtype = scale, block_rows, q.dtype
         return out
