@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a file: import `benchmarks` from the rep
 
 import argparse
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -32,6 +32,28 @@ ATTENTION_FORWARD = ("_BlockwiseAttention", "aten::scaled_dot_product_attention"
 ATTENTION_BACKWARD = ("_BlockwiseAttentionBackward", "ScaledDotProductFlashAttentionForCpuBackward0",
                       "ScaledDotProductEfficientAttentionBackward0", "BmmBackward0", "SoftmaxBackward0")
 ENGINE_PREFIX = "autograd::engine::evaluate_function: "
+
+
+def attention_seconds(events) -> Tuple[float, float]:
+    """(forward, backward) seconds of the attention: outermost attention events only, so that the
+    dense path's bmm inside the blockwise Function or inside a backward node is not counted twice."""
+    forward = backward = 0.0
+    for event in events:
+        name = event.name
+        if name.startswith(ENGINE_PREFIX) and name[len(ENGINE_PREFIX):] in ATTENTION_BACKWARD:
+            backward += event.cpu_time_total / 1e6
+        elif name in ATTENTION_FORWARD and not _inside_attention_or_backward(event):
+            forward += event.cpu_time_total / 1e6
+    return forward, backward
+
+
+def _inside_attention_or_backward(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in ATTENTION_FORWARD or parent.name.startswith(ENGINE_PREFIX):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def profile_train_step(name: str, image_size, device: str = "cpu") -> Dict[str, Any]:
@@ -46,9 +68,7 @@ def profile_train_step(name: str, image_size, device: str = "cpu") -> Dict[str, 
         common.synchronize(device)
         wall = time.perf_counter() - started
     events = prof.key_averages()
-    totals = {event.key: event.cpu_time_total / 1e6 for event in events}  # seconds, children included
-    forward = sum(totals.get(key, 0.0) for key in ATTENTION_FORWARD)
-    backward = sum(totals.get(ENGINE_PREFIX + key, 0.0) for key in ATTENTION_BACKWARD)
+    forward, backward = attention_seconds(prof.events())
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     return {
         "model": name, "image_size": list(image_size), "device": device, "wall_s": wall,
