@@ -1,9 +1,10 @@
 """Parameters and FLOPs (fvcore) of RetinaNet and the DSANet variants at R50, for one image.
 
 fvcore counts one multiply-add as one flop. PyTorch's fused attention op
-(``aten::scaled_dot_product_attention``) is unknown to fvcore, which would count it as zero; it is
-counted here by :func:`sdpa_flop_jit` as the matrix products of softmax(Q K^T) V, the same as
-fvcore counts the two ``bmm`` of the dense path, so fused and dense models get the same count.
+(``aten::scaled_dot_product_attention``) and the blockwise attention Function are unknown to
+fvcore, which would count them as zero; they are counted here (:func:`sdpa_flop_jit`,
+:func:`blockwise_flop_jit`) as the matrix products of softmax(Q K^T) V at the true query width,
+the same as fvcore counts the two ``bmm`` of the dense path, so every path gets the same count.
 
     python benchmarks/model_cost.py --output output/bench [--quick]
 """
@@ -31,6 +32,10 @@ from torch import nn
 from benchmarks import common
 
 SDPA_OP = "aten::scaled_dot_product_attention"
+# dsanet.modeling.blockwise's autograd Function, which the tracer records as one Python op.
+BLOCKWISE_OP = "prim::PythonOp._BlockwiseAttention"
+# Keys of flops_by_operator under which the attention's matrix products are counted, per path.
+ATTENTION_OPERATORS = ("scaled_dot_product_attention", "bmm", "PythonOp._BlockwiseAttention")
 # Ops between a zero-padding and the attention call that keep the last dimension as it is.
 _LAST_DIM_KEEPING_OPS = {"aten::contiguous", "aten::unsqueeze", "aten::clone", "aten::to", "aten::squeeze"}
 _PAD_OPS = {"aten::pad", "aten::constant_pad_nd"}
@@ -95,9 +100,17 @@ def sdpa_flop_jit(inputs: List[torch._C.Value], outputs: List[torch._C.Value]) -
     return batch * q_shape[-2] * k_shape[-2] * (true_last_dim(inputs[0]) + v_shape[-1])
 
 
+def blockwise_flop_jit(inputs: List[torch._C.Value], outputs: List[torch._C.Value]) -> int:
+    """fvcore handle for the blockwise attention Function (inputs q, k, v): the same count as
+    :func:`sdpa_flop_jit`, B * L * L * (D + C); q and k are never padded on this path."""
+    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
+    return math.prod(q_shape[:-2]) * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])
+
+
 def configure(analysis: FlopCountAnalysis) -> FlopCountAnalysis:
-    """Count the fused attention op and mute fvcore's warnings about ops it skips."""
+    """Count the attention ops and mute fvcore's warnings about ops it skips."""
     analysis.set_op_handle(SDPA_OP, sdpa_flop_jit)
+    analysis.set_op_handle(BLOCKWISE_OP, blockwise_flop_jit)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis
@@ -207,12 +220,12 @@ def print_table(costs: Dict[str, Dict[str, Any]]) -> None:
     rows = []
     for name, cost in costs.items():
         ops = cost["flops_by_operator"]
-        attention = ops.get("scaled_dot_product_attention", 0) + ops.get("bmm", 0)  # fused or dense path
+        attention = sum(ops.get(op, 0) for op in ATTENTION_OPERATORS)  # whichever path ran
         rows.append([name, common.fmt(cost["params"] / 1e6, 2), common.fmt(cost["param_ratio"], 3),
                      common.fmt(cost["flops"] / 1e9, 1), common.fmt(cost["flop_ratio"], 3),
                      common.fmt(attention / 1e9, 1)])
     print(common.format_table(["model", "params (M)", "param ratio", "GFLOPs", "FLOP ratio",
-                               "attention GFLOPs (sdpa+bmm)"], rows))
+                               "attention GFLOPs"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -2,8 +2,9 @@
 
     python benchmarks/run_all.py --output output/bench [--quick]
 
-summary.json maps each model name to its params, flops, flop_ratio, train_step_ratio and
-inference_ratio (ratios against RetinaNet R50), plus the machine the numbers come from.
+summary.json maps each model name to its params, flops, flop_ratio, and train_step_ratio and
+inference_ratio (against RetinaNet R50: the median of per-round ratios, with their min-max spread
+and the ratio over the FLOP ratio), plus the goals, the P3 memory budget and the machine.
 """
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ def build_summary(costs: Mapping[str, Any], speed_result: Mapping[str, Any], dev
     models = {}
     for name in common.MODELS:
         cost, timing = costs["models"][name], main.get(name, {})
-        models[name] = {"params": cost["params"], "flops": cost["flops"], "flop_ratio": cost["flop_ratio"],
-                        "train_step_ratio": timing.get("train_step_ratio"),
-                        "inference_ratio": timing.get("inference_ratio")}
+        models[name] = {"params": cost["params"], "flops": cost["flops"], "flop_ratio": cost["flop_ratio"]}
+        for key in ("train_step_ratio", "inference_ratio"):
+            models[name].update({
+                key: timing.get(key), f"{key}_spread": [timing.get(f"{key}_min"), timing.get(f"{key}_max")],
+                f"{key}_rounds": len(timing.get(f"{key}_rounds", [])),
+                f"{key}_over_flop_ratio": timing.get(f"{key}_over_flop_ratio"),
+                f"{key}_over_flop_ratio_spread": [timing.get(f"{key}_over_flop_ratio_min"),
+                                                  timing.get(f"{key}_over_flop_ratio_max")]})
     return {"models": models, "baseline": common.BASELINE, "flop_unit": costs["flop_unit"],
             "image_size": costs["image_size"], "timing": speed_result["main"],
             "goals": speed_result["goals"], "machine": common.machine_info(device), **settings}
@@ -50,7 +56,7 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
     elapsed["total"] = time.perf_counter() - started
     summary = build_summary(costs, speed_result, device, {
         "quick": quick, "elapsed_s": elapsed,
-        "attention_budget": {k: attention_result["budget"][k] for k in ("peak_extra_mib", "budget_mib", "pass")},
+        "attention_budget": {k: v for k, v in attention_result["budget"].items() if k != "lines"},
     })
     path = common.write_json(output / "summary.json", summary)
     print(f"\nwrote {path}; elapsed: " + ", ".join(f"{k} {v:.0f} s" for k, v in elapsed.items()), flush=True)

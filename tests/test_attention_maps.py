@@ -16,7 +16,7 @@ from dsanet.predictor import Predictor
 def dense_rows_and_output(attention, x: torch.Tensor):
     """The block's full L x L softmax from its own projections, and its actual forward output."""
     q, k, v = attention.query(x)[0].flatten(1), attention.key(x)[0].flatten(1), attention.value(x)[0].flatten(1)
-    weights = torch.softmax(q.t() @ k / math.sqrt(attention.qk_dim), dim=-1)  # (l, l), paper eq. 5
+    weights = torch.softmax(q.t() @ k * attention.scale, dim=-1)  # (l, l), paper eq. 5 at the block's scale
     return weights, v, attention(x)[0]  # (l, l), (C, l), (C, H, W)
 
 
@@ -60,8 +60,10 @@ def test_maps_of_the_trained_demo_model_are_its_softmax_rows(trained_demo, monke
     assert checked == 8 * 3
 
 
-def test_half_resolution_levels_draw_the_rows_that_produce_the_output():
-    model = tiny_model("common/models/dsanet_conf.py", dsa_levels={"p3": "self_half_k3", "p5": "self_half_k1"}).eval()
+@pytest.mark.parametrize("qk_scale", ["query_dim", "channels"])
+def test_half_resolution_levels_draw_the_rows_that_produce_the_output(qk_scale):
+    model = tiny_model("common/models/dsanet_conf.py", dsa_levels={"p3": "self_half_k3", "p5": "self_half_k1"},
+                       dsa_qk_scale=qk_scale).eval()
     inputs = make_inputs(with_gt=False)[1]  # 80 x 72, padded to 96 x 96: P3 12 x 12, P5 3 x 3 (odd)
     points = torch.tensor([[5.0, 5.0], [70.0, 41.0], [33.0, 79.0]])
     maps, checked = check_maps_are_the_blocks_own(model, inputs, points)

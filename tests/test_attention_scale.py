@@ -21,7 +21,7 @@ def attention_by_hand(module: SelfAttention2d, x: torch.Tensor, divisor: float) 
 @pytest.mark.parametrize("qk_scale,divisor", [("query_dim", 64 // 8), ("channels", 64)])
 def test_self_attention_divides_by_the_chosen_dimension(qk_scale, divisor):
     torch.manual_seed(0)
-    module = SelfAttention2d(64, qk_scale=qk_scale, fused=False)
+    module = SelfAttention2d(64, qk_scale=qk_scale, impl="dense")
     x = torch.randn(2, 64, 5, 7)
     assert module.scale == pytest.approx(1 / math.sqrt(divisor))
     torch.testing.assert_close(module(x), attention_by_hand(module, x, divisor), atol=1e-5, rtol=1e-5)

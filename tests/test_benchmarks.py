@@ -7,36 +7,40 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds `benchmarks`
 
-from benchmarks import attention, common, model_cost  # noqa: E402
+from benchmarks import attention, common, model_cost, speed  # noqa: E402
 from conftest import tiny_model  # noqa: E402
 from dsanet.modeling import DSABlock, SelfAttention2d  # noqa: E402
 
 CHANNELS, HEIGHT, WIDTH = 64, 12, 16
 
 
-def branch_flops(fused: bool, **kwargs):
+def branch_flops(impl: str, **kwargs):
     torch.manual_seed(0)
-    branch = DSABlock(SelfAttention2d(CHANNELS, fused=fused, **kwargs))
+    branch = DSABlock(SelfAttention2d(CHANNELS, impl=impl, **kwargs))
     return model_cost.module_flops(branch, (torch.randn(1, CHANNELS, HEIGHT, WIDTH),))
 
 
-def test_fused_attention_is_counted_like_the_dense_matmuls():
-    fused, dense = branch_flops(fused=True), branch_flops(fused=False)
+ATTENTION_OP = {"sdpa_padded": "scaled_dot_product_attention", "dense": "bmm",
+                "blockwise": "PythonOp._BlockwiseAttention"}
+
+
+def test_every_attention_path_is_counted_like_the_dense_matmuls():
+    counts = {impl: branch_flops(impl) for impl in ATTENTION_OP}
     length, qk_dim = HEIGHT * WIDTH, CHANNELS // 8
     attention_flops = length * length * (qk_dim + CHANNELS)  # Q K^T and weights @ V, true (unpadded) D
     conv_flops = length * CHANNELS * (qk_dim + qk_dim + CHANNELS)  # 1x1 query, key, value convs
-    assert fused["scaled_dot_product_attention"] == attention_flops > 0
-    assert dense["bmm"] == attention_flops
-    assert fused["conv"] == dense["conv"] == conv_flops
-    assert sum(fused.values()) == sum(dense.values())
+    for impl, op in ATTENTION_OP.items():
+        assert counts[impl][op] == attention_flops > 0, impl
+        assert counts[impl]["conv"] == conv_flops, impl
+        assert sum(counts[impl].values()) == sum(counts["dense"].values()), impl
 
 
-def test_half_resolution_attention_fused_and_dense_counts_agree():
-    fused = branch_flops(fused=True, stride=2, kernel_size=3)
-    dense = branch_flops(fused=False, stride=2, kernel_size=3)
+def test_half_resolution_attention_counts_agree_across_paths():
     length = (HEIGHT // 2) * (WIDTH // 2)
-    assert fused["scaled_dot_product_attention"] == dense["bmm"] == length * length * (CHANNELS // 8 + CHANNELS)
-    assert sum(fused.values()) == sum(dense.values())
+    counts = {impl: branch_flops(impl, stride=2, kernel_size=3) for impl in ATTENTION_OP}
+    for impl, op in ATTENTION_OP.items():
+        assert counts[impl][op] == length * length * (CHANNELS // 8 + CHANNELS), impl
+        assert sum(counts[impl].values()) == sum(counts["dense"].values()), impl
 
 
 def test_model_cost_of_tiny_models_counts_params_flops_and_attention():
@@ -44,8 +48,9 @@ def test_model_cost_of_tiny_models_counts_params_flops_and_attention():
     baseline = model_cost.model_cost_of(tiny_model(dsa_levels=[]), size)
     dsanet = model_cost.model_cost_of(tiny_model(dsa_levels=["p3", "p4", "p5", "p6", "p7"]), size)
     assert baseline["params"] > 0 and baseline["flops"] > 0
-    assert "scaled_dot_product_attention" not in baseline["flops_by_operator"]
-    assert dsanet["flops_by_operator"]["scaled_dot_product_attention"] > 0
+    assert not set(model_cost.ATTENTION_OPERATORS) & set(baseline["flops_by_operator"])
+    # 64x96: every level's L x L fits the dense budget, so the auto path runs the dense bmm.
+    assert dsanet["flops_by_operator"]["bmm"] > 0
     assert dsanet["params"] > baseline["params"] and dsanet["flops"] > baseline["flops"]
     assert dsanet["flops"] == sum(dsanet["flops_by_operator"].values())
 
@@ -59,6 +64,21 @@ def test_interleaved_times_runs_calls_in_rounds_with_per_call_repeats():
     assert common.median([3.0, 1.0, 2.0]) == 2.0
 
 
+def test_time_ratios_are_taken_per_round_and_judged_on_their_median():
+    results = {"RetinaNet": {"train_times_s": [1.0, 2.0, 1.0], "inference_times_s": [1.0, 1.0, 1.0]},
+               "DSANet": {"train_times_s": [1.1, 2.0, 1.3], "inference_times_s": [1.0, 1.2]}}
+    speed.add_ratios(results, {"RetinaNet": {"flop_ratio": 1.0}, "DSANet": {"flop_ratio": 1.1}})
+    dsanet = results["DSANet"]
+    assert dsanet["train_step_ratio_rounds"] == pytest.approx([1.1, 1.0, 1.3])
+    assert (dsanet["train_step_ratio"], dsanet["train_step_ratio_min"], dsanet["train_step_ratio_max"]) == \
+        pytest.approx((1.1, 1.0, 1.3))
+    assert dsanet["inference_ratio_rounds"] == pytest.approx([1.0, 1.2])  # only rounds both ran
+    assert dsanet["train_step_ratio_over_flop_ratio"] == pytest.approx(1.0)
+    goals = {g["goal"]: g["pass"] for g in speed.evaluate_goals(results)}
+    assert goals["DSANet training step <= 1.08x RetinaNet"] is False  # median 1.10
+    assert goals["DSANet training step time ratio <= 1.15x FLOP ratio"] is True
+
+
 def test_level_shapes_follow_the_fpn_strides_of_an_800x1333_image():
     shapes = [attention.level_shape((800, 1333), s) for s in attention.LEVEL_STRIDES.values()]
     assert shapes == [(100, 167), (50, 84), (25, 42), (13, 21), (7, 11)]
@@ -66,9 +86,18 @@ def test_level_shapes_follow_the_fpn_strides_of_an_800x1333_image():
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS via /proc is Linux-only")
 def test_fresh_process_peak_memory_sees_the_quadratic_dense_matrix():
-    size = (64, 64)  # L = 4096: one L x L fp32 matrix is 64 MiB
-    matrix_bytes = (size[0] * size[1]) ** 2 * 4
-    dense = attention.measure_memory("dense", "forward", size, "cpu")
-    fused = attention.measure_memory("fused", "forward", size, "cpu")
+    length = 64 * 64  # one L x L fp32 matrix is 64 MiB
+    matrix_bytes = length ** 2 * 4
+    dense = attention.measure_memory("dense", "forward", length, "cpu")
+    blockwise = attention.measure_memory("blockwise", "forward_backward", length, "cpu")
     assert dense >= matrix_bytes
-    assert 0 < fused < matrix_bytes / 2
+    assert 0 < blockwise < matrix_bytes / 2
+
+
+def test_executed_flops_count_padding_and_recomputation():
+    length, d, c = 10, attention.QK_DIM, attention.CHANNELS
+    math_forward = length * length * (d + c)
+    assert attention.executed_flops("dense", "forward", length) == math_forward
+    assert attention.executed_flops("dense", "forward_backward", length) == 3 * math_forward
+    assert attention.executed_flops("blockwise", "forward_backward", length) == 3 * math_forward + length ** 2 * d
+    assert attention.executed_flops("sdpa_padded", "forward_backward", length) == 7 * length ** 2 * c

@@ -11,7 +11,6 @@ Naming: Q queries, C channels, H x W the level's grid, h x w the attention's key
 (H / stride of the attention), D query/key channels.
 """
 import io
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -105,7 +104,7 @@ def self_attention_rows(attention: SelfAttention2d, x: torch.Tensor, cells: torc
     rows = (cells[:, 0] * (h / H)).floor().long().clamp(max=h - 1)
     cols = (cells[:, 1] * (w / W)).floor().long().clamp(max=w - 1)
     q_rows = q[:, rows, cols].t()  # (Q, D)
-    logits = q_rows @ k.flatten(1) * (1.0 / math.sqrt(attention.qk_dim))  # (Q, h*w), paper eq. 5
+    logits = q_rows @ k.flatten(1) * attention.scale  # (Q, h*w), paper eq. 5 (or the qk_scale chosen)
     return torch.softmax(logits, dim=-1).reshape(-1, h, w)
 
 

@@ -1,13 +1,18 @@
 """DSANet model pieces: attention kinds, the DSA module, the head, the meta-architecture."""
 from .anchors import octave_anchor_sizes
-from .attention import SelfAttention2d, SpatialAttention2d, build_attention, dense_attention, fused_attention
+from .attention import (
+    SelfAttention2d, SpatialAttention2d, attention_path, auto_attention, build_attention, dense_attention,
+    fused_attention, sdpa_attention,
+)
+from .blockwise import blockwise_attention
 from .backbone import FPNWithoutTopDown, make_resnet_stages
 from .dsa import DecoupledSelfAttention, DSABlock
 from .head import DSARetinaNetHead
 from .meta_arch import DSANet, fuse_scores
 
 __all__ = [
-    "SelfAttention2d", "SpatialAttention2d", "build_attention", "dense_attention", "fused_attention",
+    "SelfAttention2d", "SpatialAttention2d", "attention_path", "auto_attention", "blockwise_attention",
+    "build_attention", "dense_attention", "fused_attention", "sdpa_attention",
     "FPNWithoutTopDown", "make_resnet_stages", "DecoupledSelfAttention", "DSABlock",
     "DSARetinaNetHead", "DSANet", "fuse_scores", "octave_anchor_sizes",
 ]

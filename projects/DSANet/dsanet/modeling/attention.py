@@ -12,18 +12,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blockwise import blockwise_attention
+
 __all__ = [
     "SelfAttention2d",
     "SpatialAttention2d",
+    "auto_attention",
+    "attention_path",
+    "blockwise_attention",
     "dense_attention",
     "fused_attention",
+    "sdpa_attention",
     "ATTENTION_KINDS",
+    "ATTENTION_IMPLS",
+    "DENSE_BUDGET_BYTES",
     "build_attention",
     "QK_SCALES",
 ]
 
 # Choices for the factor on Q K^T (see SelfAttention2d): the paper's 1/sqrt(C/8), the authors' code's 1/sqrt(C).
 QK_SCALES = ("query_dim", "channels")
+
+# The dense path is taken on CPU while one (N, Lq, Lk) fp32 score matrix fits in this many bytes.
+# Its autograd holds about three such matrices at its peak (scores, softmax, their gradient), so
+# 64 MiB bounds it near 200 MiB. At 800x1333 that is P5-P7 (P5: 4.2 MiB); P4 (67 MiB) and P3
+# (1064 MiB) go blockwise. Below the budget one big product beats a loop over query blocks.
+DENSE_BUDGET_BYTES = 64 * 2 ** 20
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,14 +52,33 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return torch.bmm(weights, v)
 
 
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """PyTorch's ``scaled_dot_product_attention`` on q, k and v as they are (one head).
+
+    On CUDA its memory-efficient kernel takes q and k narrower than v (D != C), in fp32 too, in
+    memory linear in L. On CPU no fused kernel takes D != C, and it silently falls back to the
+    quadratic math path: use :func:`auto_attention` (which picks per device) rather than this directly.
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C).
+    """
+    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))  # (N, 1, L, E), contiguous in E
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The same as :func:`dense_attention`, computed by PyTorch's fused kernels in memory linear in L.
+    """The same as :func:`dense_attention` via ``scaled_dot_product_attention``, zero-padding q and
+    k to v's width on CPU (the "SDPA-padded" path, kept as a benchmark reference).
 
     ``scaled_dot_product_attention`` silently falls back to the quadratic math path when no
     fused kernel accepts its inputs. On CPU the fused (flash) kernel needs q, k and v to share
     their last dimension, each contiguous in it: q and k are zero-padded from D to C, which leaves
     Q K^T unchanged, and the scale is passed explicitly so it stays 1/sqrt(D). On CUDA the
-    memory-efficient kernel takes D != C directly, in fp32 too.
+    memory-efficient kernel takes D != C directly, in fp32 too. The padding makes Q K^T cost
+    C / D = 8 times its math on CPU, and the kernel's backward recomputes it:
+    :func:`blockwise_attention` computes the same at width D.
 
     Args:
         q, k: (N, L, D); v: (N, L, C).
@@ -55,15 +88,52 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
         pad = v.shape[-1] - q.shape[-1]
         q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-    # A single head: (N, 1, L, E), contiguous in E.
-    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+    return sdpa_attention(q, k, v, scale)
+
+
+def attention_path(device_type: str, batch: int, length_q: int, length_k: int,
+                   dense_budget_bytes: int = DENSE_BUDGET_BYTES) -> str:
+    """Which exact attention :func:`auto_attention` runs for a shape: "sdpa", "dense" or "blockwise".
+
+    CUDA: "sdpa" (the memory-efficient kernel, q/k narrower than v as they are). Elsewhere:
+    "dense" while one (batch, Lq, Lk) fp32 score matrix fits ``dense_budget_bytes``, else
+    "blockwise" (memory linear in L). Only the shape decides, so a model's path per level is fixed.
+    """
+    if device_type == "cuda":
+        return "sdpa"
+    if batch * length_q * length_k * 4 <= dense_budget_bytes:
+        return "dense"
+    return "blockwise"
+
+
+def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Exact softmax(q k^T * scale) v by the path :func:`attention_path` picks for the shape.
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C).
+    """
+    path = attention_path(q.device.type, q.shape[0], q.shape[1], k.shape[1])
+    return ATTENTION_IMPLS[path](q, k, v, scale)
+
+
+# Attention implementations by name; "auto" picks one per shape and device (see attention_path).
+ATTENTION_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {
+    "auto": auto_attention,
+    "dense": dense_attention,
+    "blockwise": blockwise_attention,
+    "sdpa": sdpa_attention,
+    "sdpa_padded": fused_attention,
+}
 
 
 class SelfAttention2d(nn.Module):
     """Self-attention over all positions of a feature map (paper Fig. 2b, eq. 5).
 
-    Q and K come from convs to C // reduction channels, V from a conv to C channels. With
+    Q and K come from convs to C // reduction channels, V from a conv to C channels. ``impl``
+    names the attention implementation (a key of :data:`ATTENTION_IMPLS`; all exact): "auto"
+    picks dense, blockwise or SDPA per shape and device (:func:`attention_path`). With
     ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
     half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
     padded so that the half-resolution grid stays aligned.
@@ -74,16 +144,18 @@ class SelfAttention2d(nn.Module):
     """
 
     def __init__(self, channels: int, *, reduction: int = 8, stride: int = 1, kernel_size: int = 1,
-                 fused: bool = True, qk_scale: str = "query_dim"):
+                 impl: str = "auto", qk_scale: str = "query_dim"):
         super().__init__()
         if channels % reduction:
             raise ValueError(f"channels={channels} is not divisible by reduction={reduction}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}; choose one of {sorted(ATTENTION_IMPLS)}")
         if qk_scale not in QK_SCALES:
             raise ValueError(f"qk_scale={qk_scale!r}; choose one of {QK_SCALES}")
         self.qk_dim = channels // reduction
         self.scale = 1.0 / math.sqrt(self.qk_dim if qk_scale == "query_dim" else channels)
         self.stride = stride
-        self.fused = fused
+        self.impl = impl
         conv = dict(kernel_size=kernel_size, stride=stride, padding=kernel_size // 2)
         self.query = nn.Conv2d(channels, self.qk_dim, **conv)
         self.key = nn.Conv2d(channels, self.qk_dim, **conv)
@@ -91,18 +163,23 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
-        # channels_last makes the conv outputs (N, l, D|C) contiguous views: no transposed copies,
-        # which keeps forward+backward at P3 of an 800x1333 image under 200 MB on CPU.
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        q, k, v = self.query(x_cl), self.key(x_cl), self.value(x_cl)  # (N, D|C, h, w), h = H / stride
+        if self._needs_contiguous_qkv(x.device.type):
+            # SDPA needs q, k, v contiguous in their last dim: channels_last makes the conv outputs
+            # (N, l, D|C) contiguous views. Dense and blockwise read the transposed views as they
+            # are, so there the copy of x (one more (N, C, H, W) tensor, kept for backward) is skipped.
+            x = x.contiguous(memory_format=torch.channels_last)
+        q, k, v = self.query(x), self.key(x), self.value(x)  # (N, D|C, h, w), h = H / stride
         n, c, h, w = v.shape
         q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
-        attend = fused_attention if self.fused else dense_attention
-        out = attend(q, k, v, self.scale)  # (N, l, C)
+        out = ATTENTION_IMPLS[self.impl](q, k, v, self.scale)  # (N, l, C)
         out = out.transpose(1, 2).reshape(n, c, h, w)
         if (h, w) != tuple(x.shape[-2:]):
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
         return out
+
+    def _needs_contiguous_qkv(self, device_type: str) -> bool:
+        """True when the attention will run SDPA, which wants q, k, v contiguous in their last dim."""
+        return self.impl in ("sdpa", "sdpa_padded") or (self.impl == "auto" and device_type == "cuda")
 
 
 class SpatialAttention2d(nn.Module):
@@ -124,7 +201,7 @@ class SpatialAttention2d(nn.Module):
 # Attention kinds selectable by name in configs (DSA levels map a level to one of these).
 ATTENTION_KINDS: Dict[str, Callable[..., nn.Module]] = {
     "self": lambda c, r, **kw: SelfAttention2d(c, reduction=r, **kw),
-    "self_dense": lambda c, r, **kw: SelfAttention2d(c, reduction=r, fused=False, **kw),
+    "self_dense": lambda c, r, **kw: SelfAttention2d(c, reduction=r, impl="dense", **kw),
     "self_half_k1": lambda c, r, **kw: SelfAttention2d(c, reduction=r, stride=2, kernel_size=1, **kw),
     "self_half_k3": lambda c, r, **kw: SelfAttention2d(c, reduction=r, stride=2, kernel_size=3, **kw),
     "cbam": lambda c, r, **kw: SpatialAttention2d(c),  # no Q K^T: qk_scale does not apply

@@ -2,7 +2,6 @@
 ``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others."""
 import json
 import math
-import os
 import subprocess
 import sys
 import time
