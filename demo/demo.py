@@ -23,7 +23,7 @@ import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import numpy as np
 from tqdm import tqdm
 
-from dsanet.errors import UserInputError
+from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.media import VideoFrames, open_video_writer, read_image_or_problem
 from dsanet.predictor import Predictor
 from dsanet.visualization import detections_to_json, draw_detections
@@ -129,8 +129,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_status_of(lambda: main(parse_args()))

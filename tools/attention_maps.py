@@ -11,7 +11,6 @@ are the centres of the top detections. Points are (x, y) pixels of the input ima
 """
 import argparse
 import os
-import sys
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 
 from dsanet.attention_maps import attention_maps, draw_attention
-from dsanet.errors import UserInputError
+from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.predictor import Predictor
 
 
@@ -88,8 +87,4 @@ def main(args: argparse.Namespace) -> list:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_status_of(lambda: main(parse_args()))

@@ -15,11 +15,10 @@ checkpoint. A run that fails is reported by name with its error, and the others 
 report files are rewritten after every run (runs not yet made are listed as "pending").
 """
 import argparse
-import sys
 from pathlib import Path
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
-from dsanet.errors import UserInputError
+from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.evaluation import PAPER_METRICS
 from dsanet.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
 from dsanet.study.variants import check_variants
@@ -78,8 +77,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_status_of(lambda: main(parse_args()))

@@ -15,7 +15,6 @@ times eager, TorchScript and onnxruntime on CPU. Exit status 1 when a tolerance 
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
@@ -23,7 +22,7 @@ import torch
 from detectron2.data import DatasetCatalog
 
 from dsanet import export
-from dsanet.errors import UserInputError
+from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.media import read_image_or_problem
 from dsanet.predictor import Predictor
 
@@ -145,8 +144,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(parse_args()))
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_status_of(lambda: main(parse_args()))

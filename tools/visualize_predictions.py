@@ -19,7 +19,7 @@ from dsanet.data import register_datasets_for
 from dsanet.data.mapper import UNREADABLE_ERRORS, read_image
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.engine import load_weights
-from dsanet.errors import UserInputError
+from dsanet.errors import exit_with_status_of
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,8 +60,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_with_status_of(lambda: main(parse_args()))
