@@ -16,4 +16,5 @@ model.head.dsa_location = "before"  # between FPN and the towers (Table 3)
 model.head.dsa_learn_gamma = True  # gamma learned from 0 (Table 4)
 model.head.dsa_reduction = 8  # query/key channels C/8
 model.head.dsa_qk_scale = "query_dim"  # Q K^T / sqrt(C/8), paper eq. 5; "channels": / sqrt(C), the authors' code
+model.head.dsa_conv_init = "pytorch"  # attention convs: PyTorch's default; "xavier": the authors' code
 model.head.with_confidence = False

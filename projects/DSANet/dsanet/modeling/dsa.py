@@ -7,7 +7,11 @@ from torch import nn
 
 from .attention import build_attention
 
-__all__ = ["DSABlock", "DecoupledSelfAttention", "normalize_levels"]
+__all__ = ["DSABlock", "DecoupledSelfAttention", "normalize_levels", "CONV_INITS"]
+
+# How the attention's convolutions start: PyTorch's default (kaiming-uniform with a=sqrt(5)), or
+# xavier-uniform with zero bias, which the authors' code gets from its FPN neck's init_weights.
+CONV_INITS = ("pytorch", "xavier")
 
 LevelSpec = Union[Mapping[str, str], Sequence[str]]
 
@@ -54,12 +58,15 @@ class DecoupledSelfAttention(nn.Module):
         reduction: query/key channels are C // reduction.
         qk_scale: factor on Q K^T in self-attention, ``"query_dim"`` (1/sqrt(C // reduction), paper
             eq. 5) or ``"channels"`` (1/sqrt(C), the authors' code).
+        conv_init: initialisation of the attention's convolutions, one of :data:`CONV_INITS`.
     """
 
     def __init__(self, *, in_features: Sequence[str], levels: LevelSpec, channels: int,
                  shared: bool = False, learn_gamma: bool = True, reduction: int = 8,
-                 qk_scale: str = "query_dim"):
+                 qk_scale: str = "query_dim", conv_init: str = "pytorch"):
         super().__init__()
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init={conv_init!r}; choose one of {CONV_INITS}")
         levels = normalize_levels(levels)
         unknown = sorted(set(levels) - set(in_features))
         if unknown:
@@ -77,6 +84,12 @@ class DecoupledSelfAttention(nn.Module):
             self.shared_branch = branch()
         else:
             self.cls_branch, self.reg_branch = branch(), branch()
+        if conv_init == "xavier":
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.xavier_uniform_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     @staticmethod
     def _attend(branch: nn.ModuleDict, names: List[str], features: List[torch.Tensor]) -> List[torch.Tensor]:

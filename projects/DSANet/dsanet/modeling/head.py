@@ -28,6 +28,8 @@ class DSARetinaNetHead(RetinaNetHead):
         dsa_reduction: query/key channels are C // dsa_reduction.
         dsa_qk_scale: factor on Q K^T, ``"query_dim"`` (1/sqrt(C // dsa_reduction), paper eq. 5,
             default) or ``"channels"`` (1/sqrt(C), as the authors' released code computes it).
+        dsa_conv_init: ``"pytorch"`` (PyTorch's default init of the attention convs, default) or
+            ``"xavier"`` (xavier-uniform, zero bias, as the authors' code initialises them).
         with_confidence: add a 3x3 conv on the classification tower giving one object-confidence
             logit per anchor (RetinaNet-Conf).
     """
@@ -35,7 +37,7 @@ class DSARetinaNetHead(RetinaNetHead):
     def __init__(self, *, in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
                  dsa_levels: LevelSpec = (), dsa_shared: bool = False, dsa_location: str = "before",
                  dsa_learn_gamma: bool = True, dsa_reduction: int = 8, dsa_qk_scale: str = "query_dim",
-                 with_confidence: bool = False,
+                 dsa_conv_init: str = "pytorch", with_confidence: bool = False,
                  **kwargs):
         super().__init__(**kwargs)
         if dsa_location not in DSA_LOCATIONS:
@@ -48,7 +50,8 @@ class DSARetinaNetHead(RetinaNetHead):
             channels = kwargs["input_shape"][0].channels if dsa_location == "before" else kwargs["conv_dims"][-1]
             self.dsa = DecoupledSelfAttention(in_features=in_features, levels=dsa_levels, channels=channels,
                                               shared=dsa_shared, learn_gamma=dsa_learn_gamma,
-                                              reduction=dsa_reduction, qk_scale=dsa_qk_scale)
+                                              reduction=dsa_reduction, qk_scale=dsa_qk_scale,
+                                              conv_init=dsa_conv_init)
         self.object_confidence = None
         if with_confidence:
             num_anchors = self.bbox_pred.out_channels // 4
