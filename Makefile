@@ -44,10 +44,12 @@ study: setup
 	    --variant 'dsanet: model.head.with_confidence=False' \
 	    --variant 'dsanet_conf:' \
 	    --variant 'dsanet_conf_sqrtC: model.head.dsa_qk_scale=channels' \
+	    --variant 'dsanet_conf_xavier: model.head.dsa_conv_init=xavier' \
 	    --eval-variant 'dsanet_conf_alpha0=dsanet_conf: model.score_fusion_alpha=0.0' \
 	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
 	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
-	    --compare dsanet_conf:retinanet_conf --compare dsanet_conf_sqrtC:dsanet_conf
+	    --compare dsanet_conf:retinanet_conf --compare dsanet_conf_sqrtC:dsanet_conf \
+	    --compare dsanet_conf_xavier:dsanet_conf
 
 clean-venv:
 	rm -rf $(VENV)
