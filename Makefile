@@ -34,11 +34,13 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/run_all.py --output output/bench
 
-# The README's variant study on the embedded dataset (hours on CPU); run it again to resume.
+# The README's variant study on the embedded dataset (hours on CPU); run it again to resume,
+# or with a larger STUDY_SEEDS to add seeds to the finished ones.
 STUDY_OUT := output/study
+STUDY_SEEDS ?= 3
 study: setup
 	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py \
-	    --seeds 3 --output $(STUDY_OUT) \
+	    --seeds $(STUDY_SEEDS) --output $(STUDY_OUT) \
 	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
 	    --variant 'retinanet_conf: model.head.dsa_levels=[]' \
 	    --variant 'dsanet: model.head.with_confidence=False' \
