@@ -112,3 +112,25 @@ def test_the_tool_writes_one_png_per_query(trained_demo, tmp_path, monkeypatch, 
         tool.main(tool.parse_args([*common, "--output", str(tmp_path), "--opts", "model.head.dsa_levels=[]"]))
     with pytest.raises(UserInputError, match="--points 30;40: expected x,y"):
         tool.main(tool.parse_args([*common, "--output", str(tmp_path), "--points", "30;40"]))
+
+
+def test_the_command_exits_0_after_writing_its_pngs(trained_demo, tmp_path):
+    """Run as a command (not main()): success is exit status 0 with the PNG on disk; a malformed
+    point is exit status 2 with one error line."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, DSANET_CACHE=str(trained_demo.cache), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, str(ROOT / "tools" / "attention_maps.py"), "--config-file", str(trained_demo.config),
+               "--weights", str(trained_demo.weights), "--input", str(trained_demo.images[2])]
+    ok = subprocess.run([*command, "--output", str(tmp_path / "ok"), "--points", "30,40"],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert len(list((tmp_path / "ok").glob("*.png"))) == 1
+    bad = subprocess.run([*command, "--output", str(tmp_path / "bad"), "--points", "30;40"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == "error: --points 30;40: expected x,y in pixels, such as 40,52"

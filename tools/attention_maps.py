@@ -86,5 +86,10 @@ def main(args: argparse.Namespace) -> list:
     return paths
 
 
+def run_command() -> None:
+    """The command: main() returns the PNG paths for callers, which are not an exit status."""
+    main(parse_args())
+
+
 if __name__ == "__main__":
-    exit_with_status_of(lambda: main(parse_args()))
+    exit_with_status_of(run_command)
