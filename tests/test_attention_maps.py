@@ -1,13 +1,16 @@
 """Attention maps (dsanet.attention_maps, tools/attention_maps.py): the drawn weights are the DSA
 blocks' own, on a checkpoint trained here and on half-resolution and CBAM levels."""
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import load_script, make_inputs, tiny_model
+from conftest import ROOT, load_script, make_inputs, tiny_model
 from dsanet.attention_maps import attention_maps, capture_block_inputs, dsa_blocks, query_cells
 from dsanet.errors import UserInputError
 from dsanet.predictor import Predictor
@@ -117,12 +120,6 @@ def test_the_tool_writes_one_png_per_query(trained_demo, tmp_path, monkeypatch, 
 def test_the_command_exits_0_after_writing_its_pngs(trained_demo, tmp_path):
     """Run as a command (not main()): success is exit status 0 with the PNG on disk; a malformed
     point is exit status 2 with one error line."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     env = dict(os.environ, DSANET_CACHE=str(trained_demo.cache), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     command = [sys.executable, str(ROOT / "tools" / "attention_maps.py"), "--config-file", str(trained_demo.config),
                "--weights", str(trained_demo.weights), "--input", str(trained_demo.images[2])]
