@@ -107,12 +107,56 @@ def test_the_report_files_hold_the_table_the_intervals_and_the_plots(study):
 def test_a_second_invocation_reads_finished_runs_and_retrains_nothing(study):
     second = study["second"]
     assert second.stdout.count("done, reading its results") == 6
-    assert "training" not in second.stdout and "evaluating" not in second.stdout
+    assert ": training ..." not in second.stdout and ": evaluating" not in second.stdout
     assert {p: p.stat().st_mtime_ns for p in study["mtimes"]} == study["mtimes"]
     assert "broken seed 1: FAILED" in second.stdout
     results = json.loads((study["output"] / "results.json").read_text())
     assert {r["status"] for r in results["runs"] if r["variant"] != "broken"} == {"reused"}
     assert [r["metrics"] for r in results["runs"]] == [r["metrics"] for r in study["first_results"]["runs"]]
+
+
+def test_two_invocations_launched_together_on_one_folder_make_each_run_once(tiny_data, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, str(TOOL), "--config-file", str(DEMO_CONFIG), "--seeds", "2", "--output", str(output),
+               "--variant", "retinanet: model.head.dsa_levels=[] model.head.with_confidence=False",
+               "--variant", "dsanet_conf:", "--eval-variant", "alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7",
+               *tiny_schedule(tiny_data)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=1800)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    labels = [f"{v} seed {s}" for s in (0, 1) for v in ("retinanet", "dsanet_conf")]
+    for label in labels:
+        assert sum(out.count(f"{label}: training ...") for out in outputs) == 1, label
+    for s in (0, 1):
+        assert sum(out.count(f"alpha0.7 seed {s}: evaluating") for out in outputs) == 1
+    for log in output.glob("runs/*/seed*/study_log.txt"):  # one train_net.py command per run, never two
+        assert log.read_text().count("$ ") == 1, log
+    for out in outputs:  # each invocation ends with every run in its report, the other's included
+        assert "| retinanet | 2 |" in out and "| dsanet_conf | 2 |" in out and "| alpha0.7 | 2 |" in out
+    results = json.loads((output / "results.json").read_text())
+    assert {r["status"] for r in results["runs"]} <= {"done", "reused"}
+
+
+def test_every_run_keeps_its_detections_and_bootstrap_and_the_report_splits_the_interval(study):
+    output = study["output"]
+    results = json.loads((output / "results.json").read_text())
+    for run in (r for r in results["runs"] if r["variant"] != "broken"):
+        folder = output / run["directory"] / "inference"
+        assert (folder / "coco_instances_results.json").is_file() and (folder / "bootstrap_replicates.npz").is_file()
+        boot = run["bootstrap"]
+        assert boot["num_images"] == 6 and boot["replicates"] == 400 and boot["matches_evaluator"]
+        assert boot["AP"]["value"] == pytest.approx(run["metrics"]["AP"], abs=1e-6)
+        assert boot["AP"]["ci_low"] <= boot["AP"]["ci_high"]
+    diffs = {(d["variant"], d["against"]): d for d in results["differences"]}
+    paired = diffs[("dsanet_conf", "retinanet")]
+    assert paired["bootstrap"]["n"] == 2 and set(paired["bootstrap"]["AP"]["per_seed"]) == {"0", "1"}
+    assert paired["bootstrap"]["AP"]["mean"]["value"] == pytest.approx(paired["AP"]["mean"], abs=1e-6)
+    parts = paired["decomposition"]
+    assert parts["total_half"] >= max(parts["training_half"], parts["validation_half"])
+    assert set(parts["needed"]) == {"1.0", "0.5"}
+    assert "Noise of the validation sample" in (output / "summary.md").read_text()
 
 
 def test_a_run_that_crashes_is_reported_with_its_error_and_leaves_no_marker(tiny_data, tmp_path):

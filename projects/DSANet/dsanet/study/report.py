@@ -1,13 +1,16 @@
 """The study's outputs: results.json and results.csv (every run), summary.md (tables), ap.png and
 loss_curves.png."""
 import csv
+import io
 import json
+import os
 import math
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
 from .runner import Run
-from .stats import CI_METHOD, paired_difference, summarize
+from .stats import CI_METHOD, DECOMPOSITION_METHOD, decompose_interval, mean_std, paired_difference, summarize
 from .variants import Variant
 
 __all__ = ["write_report", "comparisons_for", "DIFF_METRICS"]
@@ -84,6 +87,7 @@ def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> s
                  if d[m] else "—" for m in DIFF_METRICS]
         n = next((d[m]["n"] for m in DIFF_METRICS if d[m]), 0)
         lines.append(f"| {d['variant']} | {d['against']} | {n} | " + " | ".join(cells) + " |")
+    lines += _bootstrap_markdown(variants, runs, differences)
     lines += ["", "Variants:", ""]
     for v in variants:
         how = "trained" if v.trained else f"evaluates {v.source}'s checkpoints"
@@ -93,6 +97,55 @@ def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> s
         lines += ["", "Failed runs:", ""] + [f"- {r.label}: {r.error.splitlines()[-1] if r.error else ''}"
                                              for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def _run_spread(runs: Sequence[Run], name: str) -> Dict:
+    """A variant's one-run bootstrap std of each metric, averaged over its seeds, and its images."""
+    measured = [r.bootstrap for r in runs if r.variant.name == name and r.ok and r.bootstrap]
+    return {"n": len(measured), "num_images": measured[0]["num_images"] if measured else None,
+            **{m: mean_std([b[m]["std"] for b in measured])["mean"] for m in BOOTSTRAP_METRICS}}
+
+
+def _bootstrap_markdown(variants, runs, differences) -> List[str]:
+    lines = ["", f"Noise of the validation sample. Method: {BOOTSTRAP_METHOD}.", "",
+             "| variant | images | AP seed std | AP bootstrap std of one run | AP50 | AP75 |", "|---|---|---|---|---|---|"]
+    for v in variants:
+        spread, seeds = _run_spread(runs, v.name), summarize(_per_seed(runs, v.name), ["AP"])["AP"]
+        if spread["n"]:
+            lines.append(f"| {v.name} | {spread['num_images']} | {_fmt(seeds['std'], 2)} | {_fmt(spread['AP'], 2)} | "
+                         f"{_fmt(spread['AP50'], 2)} | {_fmt(spread['AP75'], 2)} |")
+    lines += ["", f"The AP difference's interval, split into training and validation parts. {DECOMPOSITION_METHOD}.", "",
+              "| variant | against | n | ΔAP | seed sd | training ± | validation ± | total [95%] | seeds for ±1.0 | "
+              "seeds for ±0.5 | images for ±0.5 (then seeds) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in differences:
+        parts = d.get("decomposition")
+        if not parts:
+            continue
+        need = parts["needed"]
+        lines.append(
+            f"| {d['variant']} | {d['against']} | {d['AP']['n']} | {_fmt(d['AP']['mean'], 2)} | {_fmt(parts['seed_sd'], 2)} | "
+            f"{_fmt(parts['training_half'], 2)} | {_fmt(parts['validation_half'], 2)} | "
+            f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}] | {need['1.0']['seeds'] or 'out of reach'} | "
+            f"{need['0.5']['seeds'] or 'out of reach'} | {need['0.5']['images']} ({need['0.5']['seeds_with_more_images']}) |")
+    return lines
+
+
+def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, float], Dict]]:
+    """seed -> (metrics, bootstrap replicates) of a variant's runs that have them."""
+    out = {}
+    for r in runs:
+        if r.variant.name == name and r.ok and r.bootstrap:
+            replicates = r.replicates()
+            if replicates is not None:
+                out[r.seed] = ({m: r.bootstrap[m]["value"] for m in BOOTSTRAP_METRICS}, replicates)
+    return out
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Several invocations on one study folder each rewrite the report: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 def _plot_ap(path: Path, variants, runs) -> None:
@@ -122,7 +175,9 @@ def _plot_ap(path: Path, variants, runs) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(temporary, dpi=120)
+    temporary.replace(path)
     plt.close(fig)
 
 
@@ -146,7 +201,9 @@ def _plot_losses(path: Path, variants, runs) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(temporary, dpi=120)
+    temporary.replace(path)
     plt.close(fig)
 
 
@@ -163,25 +220,36 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     differences = []
     for name, against in comparisons_for(variants, extra_comparisons):
         a, b = _per_seed(runs, name), _per_seed(runs, against)
-        differences.append({"variant": name, "against": against, **{
+        difference = {"variant": name, "against": against, **{
             m: paired_difference({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
-            for m in DIFF_METRICS}})
+            for m in DIFF_METRICS}}
+        paired = paired_bootstrap(_replicated(runs, name), _replicated(runs, against))
+        difference["bootstrap"] = paired
+        if paired and paired["n"] == (difference["AP"] or {}).get("n"):  # the same seeds in both
+            images = _run_spread(runs, name)["num_images"]
+            difference["decomposition"] = decompose_interval(difference["AP"], paired["AP"]["mean"], images)
+        differences.append(difference)
     results = {
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
         "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
-                  "metrics": r.metrics, "error": r.error, "directory": _relative(r.directory, output)} for r in runs],
-        "summary": summary, "differences": differences, "ci_method": CI_METHOD,
+                  "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error,
+                  "directory": _relative(r.directory, output)} for r in runs],
+        "summary": summary, "run_spread": {v.name: _run_spread(runs, v.name) for v in variants},
+        "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
+        "decomposition_method": DECOMPOSITION_METHOD,
     }
-    (output / "results.json").write_text(json.dumps(_json_safe(results), indent=2, default=str))
-    with open(output / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant", "seed", "status", *metrics, "seconds", "error"])
-        for r in runs:
-            writer.writerow([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
-                             "" if math.isnan(r.seconds) else round(r.seconds, 1),
-                             r.error.splitlines()[-1] if r.error else ""])
-    (output / "summary.md").write_text(_summary_markdown(variants, summary, differences, metrics, runs, seeds))
+    _write_atomically(output / "results.json", json.dumps(_json_safe(results), indent=2, default=str))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "error"])
+    for r in runs:
+        writer.writerow([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
+                         r.bootstrap["AP"]["std"] if r.bootstrap else "",
+                         "" if math.isnan(r.seconds) else round(r.seconds, 1),
+                         r.error.splitlines()[-1] if r.error else ""])
+    _write_atomically(output / "results.csv", table.getvalue())
+    _write_atomically(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds))
     _plot_ap(output / "ap.png", variants, runs)
     _plot_losses(output / "loss_curves.png", variants, runs)
     return results

@@ -1,7 +1,13 @@
 """The study's runs: every variant with every seed through train_net.py, each in its own folder
-``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others."""
+``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others.
+
+Several invocations may work on one study folder at once: each run is made under a lock on its
+folder (``flock``, released by the kernel when a process dies), so no two train the same run; a run
+locked by another invocation is left for later and read once that invocation has finished it."""
+import fcntl
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -12,12 +18,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
+from . import bootstrap
 from .variants import Variant
 
 __all__ = ["Run", "plan_runs", "StudyRunner", "MARKER", "format_duration"]
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
+LOCK = ".study_lock"  # held (flock) by the invocation making the run
+DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/
+REPLICATES = "bootstrap_replicates.npz"  # each bootstrap replicate's AP, AP50, AP75 (inference/)
 _ERROR_TAIL_LINES = 15
 
 
@@ -27,8 +37,10 @@ class Run:
     variant: Variant
     seed: int
     directory: Path
-    status: str = "pending"  # then "done" (ran now), "reused" (read from an earlier invocation) or "failed"
+    status: str = "pending"  # then "done" (ran now), "reused" (read from an earlier invocation), "failed",
+    #                          or "elsewhere" (another invocation is making it)
     metrics: Dict[str, float] = field(default_factory=dict)
+    bootstrap: Dict = field(default_factory=dict)  # bootstrap.bootstrap_metrics() of its detections
     error: str = ""
     seconds: float = math.nan
 
@@ -39,6 +51,64 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.variant.name} seed {self.seed}"
+
+    def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
+        """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
+        import numpy as np
+        path = self.directory / "inference" / REPLICATES
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {m: data[m] for m in data.files}
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``<run folder>/.study_lock``; the kernel drops it when the holder dies."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, blocking: bool) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def ground_truth_file(config_file: str, overrides: Sequence[str]) -> Optional[str]:
+    """The COCO json that a run's evaluation reads (registering its dataset), or None if none is known."""
+    from detectron2.data import MetadataCatalog
+    from ..data import register_datasets_for
+
+    cfg = load_config(config_file, overrides)
+    register_datasets_for(cfg, ("test",))
+    names = cfg.dataloader.test.dataset.names
+    return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("json_file")
+
+
+def measure_bootstrap(run: Run, gt_json: str) -> Dict:
+    """The image-level bootstrap of ``run``'s detections; saves its replicates beside them.
+
+    Returns:
+        ``bootstrap.bootstrap_metrics`` plus ``matches_evaluator``: whether the AP recomputed from the
+        detections equals the one the run's evaluator reported (else the ground truths differ).
+    """
+    import numpy as np
+    table = bootstrap.match_detections(gt_json, bootstrap.load_detections(run.directory / "inference" / DETECTIONS))
+    summary, replicated = bootstrap.bootstrap_metrics(table)
+    path = run.directory / "inference" / REPLICATES
+    temporary = path.with_name("tmp-" + path.name)
+    np.savez(temporary, **replicated)
+    temporary.replace(path)
+    reported = run.metrics.get("AP", math.nan)
+    summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - reported) < 1e-6)
+    return summary
 
 
 def plan_runs(variants: Sequence[Variant], seeds: Sequence[int], output: Path) -> List[Run]:
@@ -136,12 +206,28 @@ class StudyRunner:
                 "delete that folder or choose another --output")
             return True
         run.status, run.metrics, run.seconds = "reused", saved["metrics"], saved.get("seconds", math.nan)
+        run.bootstrap = saved.get("bootstrap") or {}
+        if not run.bootstrap or run.replicates() is None:  # finished before the bootstrap existed
+            self._add_bootstrap(run, overrides)
+            if run.bootstrap:
+                saved["bootstrap"] = run.bootstrap
+                _write_json(marker, saved)
         return True
 
-    def _launch(self, run: Run, overrides: List[str], source_run: Optional[Run]) -> None:
-        if source_run is not None and not source_run.ok:
-            run.status, run.error = "failed", f"its source run {source_run.label} failed"
+    def _add_bootstrap(self, run: Run, overrides: List[str]) -> None:
+        """Measure the run's bootstrap spread; a run without detections or ground truth has none (logged)."""
+        if not (run.directory / "inference" / DETECTIONS).is_file():
+            self.log(f"{run.label}: no {DETECTIONS} in {run.directory / 'inference'}: no bootstrap")
             return
+        try:
+            gt_json = ground_truth_file(self.config_file, overrides)
+        except UserInputError as e:
+            self.log(f"{run.label}: no bootstrap, its ground truth is not found: {e}")
+            return
+        if gt_json:
+            run.bootstrap = measure_bootstrap(run, gt_json)
+
+    def _launch(self, run: Run, overrides: List[str]) -> None:
         run.directory.mkdir(parents=True, exist_ok=True)
         results = run.directory / "inference" / RESULTS_FILE
         log_file = run.directory / LOG
@@ -152,52 +238,96 @@ class StudyRunner:
         if rc == 0 and run.variant.trained and (not results.is_file() or results.stat().st_mtime < start):
             # Training was already complete (nothing to train, so no evaluation): evaluate its final checkpoint.
             rc = self._execute(self._command(["--eval-only", "--resume"], overrides), log_file)
-        run.seconds = time.time() - start
         if rc != 0:
+            run.seconds = time.time() - start
             run.status, run.error = "failed", f"train_net.py exited {rc}:\n{_tail(log_file)}"
             return
         if not results.is_file() or results.stat().st_mtime < start:
             run.status, run.error = "failed", f"train_net.py wrote no {results} (does the config have an evaluator?)"
             return
         run.metrics = json.loads(results.read_text()).get("bbox", {})
+        self._add_bootstrap(run, overrides)
+        run.seconds = time.time() - start
         run.status = "done"
         self._durations[run.variant.trained].append(run.seconds)
         marker = {"variant": run.variant.name, "seed": run.seed, "config_file": self.config_file,
-                  "overrides": overrides, "metrics": run.metrics, "seconds": run.seconds}
-        (run.directory / MARKER).write_text(json.dumps(marker, indent=2))
+                  "overrides": overrides, "metrics": run.metrics, "bootstrap": run.bootstrap, "seconds": run.seconds}
+        _write_json(run.directory / MARKER, marker)
+
+    def _make(self, run: Run, prefix: str, overrides: List[str], source_run: Optional[Run], remaining: Sequence[Run],
+              wait: bool) -> bool:
+        """Read, or make under the run's lock, one run. False (nothing done) when another invocation holds
+        the lock and ``wait`` is False, or when its source run is still being made elsewhere."""
+        if source_run is not None and source_run.status == "elsewhere":
+            return False
+        lock = _RunLock(run.directory)
+        if not lock.acquire(blocking=False):
+            if not wait:
+                self.log(f"{prefix}: being made by another invocation; read when it has finished")
+                lock.release()
+                return False
+            self.log(f"{prefix}: waiting for the invocation that makes it ...")
+            lock.acquire(blocking=True)
+        try:
+            if self._reuse(run, overrides):  # finished earlier, or by the invocation that held the lock
+                if run.ok:
+                    self.log(f"{prefix}: done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})")
+                else:
+                    self.log(f"{prefix}: FAILED: {run.error}")
+                return True
+            if source_run is not None and not source_run.ok:
+                run.status, run.error = "failed", f"its source run {source_run.label} failed"
+                self.log(f"{prefix}: FAILED: {run.error}")
+                return True
+            action = "training" if run.variant.trained else f"evaluating {run.variant.source}'s checkpoint"
+            self.log(f"{prefix}: {action} ... {self._eta(remaining)} ({run.directory})")
+            self._launch(run, overrides)
+            if run.ok:
+                spread = run.bootstrap.get("AP", {}).get("std", math.nan) if run.bootstrap else math.nan
+                self.log(f"{prefix}: AP {run.metrics.get('AP', math.nan):.1f} (bootstrap std {spread:.2f}) "
+                         f"in {format_duration(run.seconds)}")
+            else:
+                self.log(f"{prefix}: FAILED: {run.error}")
+            return True
+        finally:
+            lock.release()
 
     def run_all(self, runs: Sequence[Run], variants: Sequence[Variant],
                 after_each: Optional[Callable[[Sequence[Run]], None]] = None) -> List[Run]:
         """Run (or read) every run in order; returns them with status, metrics and errors filled in.
 
+        Runs that another invocation is making are passed over, then waited for and read at the end.
         ``after_each(runs)`` is called after every run that was made now (e.g. to rewrite the report,
         so a study stopped part-way still leaves its tables).
         """
         sources = {v.name: v for v in variants}
         by_key = {(r.variant.name, r.seed): r for r in runs}
-        for index, run in enumerate(runs):
-            prefix = f"[{index + 1}/{len(runs)}] {run.label}"
-            overrides = self.overrides(run, sources)
-            if self._reuse(run, overrides):
-                if run.ok:
-                    self.log(f"{prefix}: done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})")
-                else:
+        deferred = []
+        for wait in (False, True):
+            for index, run in enumerate(deferred if wait else runs):
+                position = runs.index(run) if wait else index
+                prefix = f"[{position + 1}/{len(runs)}] {run.label}"
+                overrides = self.overrides(run, sources)
+                try:  # a bad override fails here in a moment, not after a subprocess has imported everything
+                    load_config(self.config_file, overrides)
+                except UserInputError as e:
+                    run.status, run.error = "failed", f"error: {e}"
                     self.log(f"{prefix}: FAILED: {run.error}")
-                continue
-            try:  # a bad override fails here in a moment, not after a subprocess has imported everything
-                load_config(self.config_file, overrides)
-            except UserInputError as e:
-                run.status, run.error = "failed", f"error: {e}"
-                self.log(f"{prefix}: FAILED: {run.error}")
-                continue
-            action = "training" if run.variant.trained else f"evaluating {run.variant.source}'s checkpoint"
-            self.log(f"{prefix}: {action} ... {self._eta(runs[index:])} ({run.directory})")
-            source_run = None if run.variant.trained else by_key[(run.variant.source, run.seed)]
-            self._launch(run, overrides, source_run)
-            if run.ok:
-                self.log(f"{prefix}: AP {run.metrics.get('AP', math.nan):.1f} in {format_duration(run.seconds)}")
-            else:
-                self.log(f"{prefix}: FAILED: {run.error}")
-            if after_each is not None:
-                after_each(runs)
+                    continue
+                source_run = None if run.variant.trained else by_key[(run.variant.source, run.seed)]
+                made_before = run.status
+                if not self._make(run, prefix, overrides, source_run, runs[position:], wait):
+                    run.status = "elsewhere"
+                    if not wait:
+                        deferred.append(run)
+                    continue
+                if after_each is not None and (run.status != "reused" or made_before == "elsewhere"):
+                    after_each(runs)
         return list(runs)
+
+
+def _write_json(path: Path, content: Dict) -> None:
+    """Write ``content`` as JSON atomically: a reader (another invocation) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(content, indent=2))
+    temporary.replace(path)

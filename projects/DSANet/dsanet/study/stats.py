@@ -6,7 +6,8 @@ built on the per-seed differences d_s = x_s - b_s: mean(d) +- t_{0.975, n-1} * s
 import math
 from typing import Dict, Optional, Sequence
 
-__all__ = ["mean_std", "summarize", "paired_difference", "t_quantile_975", "CI_METHOD"]
+__all__ = ["mean_std", "summarize", "paired_difference", "t_quantile_975", "CI_METHOD", "decompose_interval",
+           "seeds_for_half_width", "DECOMPOSITION_METHOD"]
 
 CI_METHOD = ("paired t-interval over seeds: per-seed differences d = variant - baseline (same seed), "
              "mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), sd with n-1 in the denominator; needs n >= 2")
@@ -68,3 +69,57 @@ def paired_difference(variant: Dict[int, float], baseline: Dict[int, float]) -> 
     half = t_quantile_975(len(diffs) - 1) * stats["std"] / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
     return {"mean": stats["mean"], "ci_low": stats["mean"] - half, "ci_high": stats["mean"] + half,
             "n": len(diffs), "per_seed": {s: variant[s] - baseline[s] for s in seeds}}
+
+
+_Z = _Z975
+DECOMPOSITION_METHOD = (
+    "training part: the paired t-interval's half-width over seeds, t(0.975, n-1) * sd(d) / sqrt(n); validation "
+    "part: 1.96 x the bootstrap std of the seed-mean difference over validation images; total half-width: "
+    "sqrt(training^2 + validation^2) (conservative: each part's estimate holds a little of the other). Seeds for "
+    "a target half-width h: the smallest n >= 2 with t(0.975, n-1) * sd / sqrt(n) <= sqrt(h^2 - validation^2), "
+    "taking sd and the validation part as measured; validation images for the validation part to be h / sqrt(2): "
+    "images x (validation part / (h / sqrt(2)))^2 (the bootstrap std falls as 1 / sqrt(images))")
+
+
+def seeds_for_half_width(seed_sd: float, validation_half: float, target: float, limit: int = 10_000) -> Optional[int]:
+    """The smallest number of seeds whose total half-width is at most ``target``, or None if none up to
+    ``limit`` (e.g. the validation part alone is wider than ``target``)."""
+    if math.isnan(seed_sd) or math.isnan(validation_half) or validation_half >= target:
+        return None
+    room = math.sqrt(target ** 2 - validation_half ** 2)
+    for n in range(2, limit + 1):
+        if t_quantile_975(n - 1) * seed_sd / math.sqrt(n) <= room:
+            return n
+    return None
+
+
+def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[Dict], num_images: int,
+                       targets: Sequence[float] = (1.0, 0.5)) -> Optional[Dict]:
+    """How wide a paired difference's interval is, from training (seeds) and from the validation sample.
+
+    Args:
+        t_interval: ``paired_difference`` of the metric; bootstrap_of_mean: the paired bootstrap of the
+            seed-mean difference (``{"std", ...}``); num_images: the validation images.
+
+    Returns:
+        ``{"seed_sd", "training_half", "validation_half", "total_half", "total_low", "total_high",
+        "needed": {target: {"seeds", "seeds_with_more_images", "images"}}}``, None without both inputs.
+    """
+    if not t_interval or not bootstrap_of_mean:
+        return None
+    n, mean = t_interval["n"], t_interval["mean"]
+    seed_sd = mean_std(list(t_interval["per_seed"].values()))["std"]
+    training = t_quantile_975(n - 1) * seed_sd / math.sqrt(n) if n > 1 else math.nan
+    validation = _Z * bootstrap_of_mean["std"]
+    total = math.sqrt(training ** 2 + validation ** 2)
+    needed = {}
+    for h in targets:
+        share = h / math.sqrt(2)
+        needed[str(h)] = {
+            "seeds": seeds_for_half_width(seed_sd, validation, h),
+            "images": int(math.ceil(num_images * (validation / share) ** 2)) if not math.isnan(validation) else None,
+            "seeds_with_more_images": seeds_for_half_width(seed_sd, min(validation, share), h) if not
+            math.isnan(validation) else None,
+        }
+    return {"seed_sd": seed_sd, "training_half": training, "validation_half": validation, "total_half": total,
+            "total_low": mean - total, "total_high": mean + total, "needed": needed}
