@@ -106,5 +106,5 @@ def trained_demo(tmp_path_factory):
                              str(CONFIGS / "Demo" / "dsanet_conf_synthetic_cpu.py"), *overrides],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    images = sorted((cache / "synthetic_shapes" / "val").glob("*.jpg"))
+    images = sorted((cache / "synthetic_shapes").glob("*/val/*.jpg"))
     return SimpleNamespace(config=out / "config.yaml", weights=out / "model_final.pth", cache=cache, images=images)

@@ -7,7 +7,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from dsanet.data import CLASS_NAMES, default_root, ensure_synthetic_dataset, register_synthetic_dataset
+from dsanet.data import CLASS_NAMES, DEFAULT_DATASET_NAMES, default_root, ensure_synthetic_dataset, register_synthetic_dataset
 
 SMALL = {"num_train": 20, "num_val": 8, "image_size": 96}
 
@@ -151,3 +151,36 @@ def test_register_loads_with_detectron2(small_dataset):
             if name in DatasetCatalog.list():
                 DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
+
+
+def test_each_size_has_its_own_cached_folder_and_the_old_flat_cache_goes(monkeypatch, tmp_path):
+    monkeypatch.setenv("DSANET_CACHE", str(tmp_path))
+    old = ensure_synthetic_dataset(tmp_path / "synthetic_shapes", num_train=3, num_val=2, image_size=64)  # the old layout
+    small = ensure_synthetic_dataset(num_train=4, num_val=2, image_size=64)
+    assert not (old / "COMPLETE.json").exists() and not (old / "train").exists()
+    large = ensure_synthetic_dataset(num_train=4, num_val=5, image_size=64)
+    assert small != large and small.parent == large.parent == default_root()
+    assert len(load_split(small, "val")["images"]) == 2 and len(load_split(large, "val")["images"]) == 5
+    assert ensure_synthetic_dataset(num_train=4, num_val=2, image_size=64) == small  # still cached, not regenerated
+    assert (small / "val" / "000000.jpg").read_bytes() == (large / "val" / "000000.jpg").read_bytes()
+
+
+def test_the_config_sets_the_sizes_and_another_size_registers_anew(monkeypatch, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from omegaconf import OmegaConf
+
+    from dsanet.data import register_datasets_for
+
+    monkeypatch.setenv("DSANET_CACHE", str(tmp_path))
+    for name in DEFAULT_DATASET_NAMES:  # another test of this process may have registered them
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    for num_val in (3, 5):
+        cfg = OmegaConf.create({"dataloader": {
+            "train": {"dataset": {"names": "synthetic_shapes_train"}},
+            "test": {"dataset": {"names": "synthetic_shapes_val"}},
+            "synthetic": {"num_train": 4, "num_val": num_val, "image_size": 64}}})
+        register_datasets_for(cfg)
+        assert len(DatasetCatalog.get("synthetic_shapes_val")) == num_val
+        assert f"val{num_val}-" in MetadataCatalog.get("synthetic_shapes_val").json_file

@@ -12,6 +12,10 @@ from dsanet.evaluation import COCOEvaluatorWithRecall
 
 dataloader = OmegaConf.create()
 
+# The generator's parameters (dsanet.data.synthetic.ensure_synthetic_dataset): each size is cached in a
+# folder of its own. The demo's split; configs/Demo/dsanet_conf_synthetic_study_cpu.py sizes the study's.
+dataloader.synthetic = dict(num_train=600, num_val=100)
+
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="synthetic_shapes_train"),
     mapper=L(RobustDatasetMapper)(

@@ -95,7 +95,8 @@ def register_datasets_for(cfg, splits: Sequence[str] = ("train", "test")) -> Non
     register_coco_format_datasets(cfg.get("datasets", None) or {})
     used = list(dataset_names_in(cfg, splits))
     if any(name in DEFAULT_DATASET_NAMES for _, name in used):
-        register_synthetic_dataset()
+        # its sizes: dataloader.synthetic (num_train, num_val, image_size, seed); the generator's defaults if absent
+        register_synthetic_dataset(**dict(cfg.get("dataloader", {}).get("synthetic", None) or {}))
     for key, name in used:
         if name not in DatasetCatalog.list():
             raise UserInputError(

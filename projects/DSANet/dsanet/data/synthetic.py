@@ -26,6 +26,11 @@ On disk, the layout is COCO's::
     <root>/val/000000.jpg ...            <root>/annotations/val.json
     <root>/COMPLETE.json                 (the generation parameters; written last)
 
+where the cached ``<root>`` is ``default_root() / "train600-val100-128px-seed0"`` (its parameters), so
+datasets of other sizes sit side by side and are never mixed. Image ``i`` of a split depends only on
+the seed, the split and ``i``: a larger split begins with a smaller one's images (but for which few
+images are left empty).
+
 The same parameters (seed included) give byte-identical json files and images. Generation
 writes into a temporary sibling folder and renames it into place, so an interrupted run never
 leaves a dataset that looks complete. Typical use::
@@ -50,6 +55,7 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_DATASET_NAMES",
     "default_root",
+    "dataset_folder",
     "ensure_synthetic_dataset",
     "register_synthetic_dataset",
 ]
@@ -70,7 +76,7 @@ PathLike = Union[str, os.PathLike]
 
 
 def default_root() -> Path:
-    """The folder where the synthetic dataset is cached.
+    """The folder where the synthetic datasets are cached, one subfolder per size (``dataset_folder``).
 
     Returns:
         ``$DSANET_CACHE/synthetic_shapes`` when the environment variable ``DSANET_CACHE`` is set
@@ -79,6 +85,22 @@ def default_root() -> Path:
     cache = os.environ.get("DSANET_CACHE")
     base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "dsanet"
     return base / "synthetic_shapes"
+
+
+def dataset_folder(num_train: int = 600, num_val: int = 100, image_size: int = 128, seed: int = 0) -> Path:
+    """Where ``ensure_synthetic_dataset`` caches the dataset of these parameters, under ``default_root()``."""
+    return default_root() / f"train{int(num_train)}-val{int(num_val)}-{int(image_size)}px-seed{int(seed)}"
+
+
+def _remove_unsized_cache(base: Path) -> None:
+    """Before datasets had one folder per size, the default one lay directly in ``default_root()``; remove it."""
+    if (base / _MARKER).is_file():
+        for name in ("train", "val", "annotations", _MARKER):
+            target = base / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
 
 
 def _parameters(num_train: int, num_val: int, image_size: int, seed: int) -> Dict[str, int]:
@@ -120,7 +142,7 @@ def ensure_synthetic_dataset(
     the folder is renamed to ``root`` (replacing an older or unfinished dataset there).
 
     Args:
-        root: Folder for the dataset; ``default_root()`` when None.
+        root: Folder for the dataset; ``dataset_folder(...)`` of these parameters when None.
         num_train: Number of training images.
         num_val: Number of validation images.
         image_size: Height and width of every image, in pixels.
@@ -137,7 +159,10 @@ def ensure_synthetic_dataset(
         raise ValueError(f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
-    root = Path(root if root is not None else default_root()).expanduser().absolute()
+    if root is None:
+        _remove_unsized_cache(default_root())
+        root = dataset_folder(num_train, num_val, image_size, seed)
+    root = Path(root).expanduser().absolute()
     parameters = _parameters(num_train, num_val, image_size, seed)
     if _is_complete(root, parameters):
         return root
@@ -322,26 +347,31 @@ def register_synthetic_dataset(
     then registered like ``register_coco_instances`` does: its loader calls
     ``load_coco_json`` (after making sure the files are still there), and its metadata holds
     ``json_file``, ``image_root``, ``evaluator_type="coco"`` and ``thing_classes``, so
-    ``COCOEvaluator`` works on it. Names already registered are left as they are.
+    ``COCOEvaluator`` works on it. Names already registered for the same files are left as they
+    are; registered for another dataset folder (other sizes), they are registered anew.
 
     Args:
-        root: Dataset folder; ``default_root()`` when None.
+        root: Dataset folder; ``dataset_folder(...)`` of the generation parameters when None.
         names: Dataset names for the train and the val split, in that order.
         **generation_kwargs: ``num_train``, ``num_val``, ``image_size`` or ``seed``, passed to
             ``ensure_synthetic_dataset``.
 
     Returns:
-        The names registered by this call (those not registered before).
+        The names registered by this call (those not registered before for these files).
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_coco_json
 
     if len(names) != len(_SPLITS):
         raise ValueError(f"names must give one name per split {_SPLITS}, got {tuple(names)}")
-    registered = set(DatasetCatalog.list())
-    if all(name in registered for name in names):
-        return []
     root = ensure_synthetic_dataset(root, **generation_kwargs)
+    registered = set(DatasetCatalog.list())
+    for split, name in zip(_SPLITS, names):
+        if name in registered and MetadataCatalog.get(name).get("json_file") != str(root / "annotations" / f"{split}.json"):
+            # registered in this process for other sizes (another config): register it anew for these
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+            registered.discard(name)
 
     def loader(json_file: str, image_root: str, name: str) -> List[dict]:
         ensure_synthetic_dataset(root, **generation_kwargs)
