@@ -34,24 +34,22 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/run_all.py --output output/bench
 
-# The README's variant study on the embedded dataset (hours on CPU); run it again to resume,
-# or with a larger STUDY_SEEDS to add seeds to the finished ones.
+# The README's variant study on the embedded benchmark (hours on CPU); run it again to resume, or with a
+# larger STUDY_SEEDS to add seeds. Several invocations may share the folder (each run is locked):
+#   OMP_NUM_THREADS=1 make study & OMP_NUM_THREADS=1 make study; wait
 STUDY_OUT := output/study
 STUDY_SEEDS ?= 3
 study: setup
-	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py \
+	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_study_cpu.py \
 	    --seeds $(STUDY_SEEDS) --output $(STUDY_OUT) \
 	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
 	    --variant 'retinanet_conf: model.head.dsa_levels=[]' \
 	    --variant 'dsanet: model.head.with_confidence=False' \
 	    --variant 'dsanet_conf:' \
-	    --variant 'dsanet_conf_sqrtC: model.head.dsa_qk_scale=channels' \
-	    --variant 'dsanet_conf_xavier: model.head.dsa_conv_init=xavier' \
 	    --eval-variant 'dsanet_conf_alpha0=dsanet_conf: model.score_fusion_alpha=0.0' \
 	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
 	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
-	    --compare dsanet_conf:retinanet_conf --compare dsanet_conf_sqrtC:dsanet_conf \
-	    --compare dsanet_conf_xavier:dsanet_conf
+	    --compare dsanet_conf:retinanet_conf --compare dsanet:retinanet_conf
 
 clean-venv:
 	rm -rf $(VENV)
