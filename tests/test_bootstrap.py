@@ -2,6 +2,7 @@
 synthetic ground truth and detections derived from it."""
 import contextlib
 import copy
+import os
 import io
 import json
 
@@ -132,3 +133,25 @@ def test_the_draws_are_fixed_and_count_every_image_n_times():
     counts = resample_counts(30, replicates=7)
     assert counts.shape == (7, 30) and (counts.sum(axis=1) == 30).all()
     assert np.array_equal(counts, resample_counts(30, replicates=7))
+
+
+def test_the_sizing_benchmark_prints_a_row_per_size_and_names_a_size_too_large(ground_truth, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, gt = ground_truth
+    detections = tmp_path / "detections.json"
+    detections.write_text(json.dumps(noisy_detections(gt)))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bootstrap_sizes.py"
+    command = [sys.executable, str(script), "--ground-truth", str(path), "--detections", str(detections)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([*command, "--sizes", "50,400", "--output", str(tmp_path / "sizes.json")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "sizes.json").read_text())["rows"]
+    assert [r["num_images"] for r in rows] == [50, 400] and rows[1]["AP"]["std"] < rows[0]["AP"]["std"]
+    assert result.stdout.splitlines()[0].startswith("images\tAP\tstd")
+    too_large = subprocess.run([*command, "--sizes", "500"], capture_output=True, text=True, env=env, timeout=600)
+    assert too_large.returncode == 2
+    assert too_large.stderr.strip().splitlines()[-1] == f"error: --sizes 500: {path} holds only 400 images"

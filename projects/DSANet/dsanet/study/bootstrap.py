@@ -5,9 +5,10 @@ Method. pycocotools' ``COCOeval.evaluate`` matches every detection to the ground
 "all", 100 detections per image, as AP, AP50 and AP75 use). A bootstrap replicate draws the
 validation images with replacement; an image drawn k times counts k times. COCOeval's
 ``accumulate`` cannot take repeated images and takes seconds per call on thousands of images, so
-:func:`average_precision` does its accumulation with per-image weights, vectorised: the same
-cumulative true and false positives, precision envelope and 101 recall points, and, with every
-weight 1, the same AP as COCOeval to float precision (a test checks it). All runs on one image set
+:func:`average_precision` does its accumulation with per-image weights, vectorised over replicates:
+the same cumulative true and false positives, precision envelope and 101 recall points, and the
+same AP as COCOeval to float precision, with every weight 1 and with an image repeated (tests check
+both). All runs on one image set
 share the replicates' draws (one fixed seed), so a difference between two runs is paired: both are
 evaluated on the same resampled images.
 
@@ -106,33 +107,44 @@ def match_detections(gt_json: str, detections: Sequence[dict]) -> MatchTable:
 
 
 _RECALL_POINTS = np.linspace(0.0, 1.00, 101)  # COCOeval's recThrs
-_CHUNK_ELEMENTS = 4_000_000  # replicates x thresholds x detections per step: ~32 MB of float64
 
 
-def _mean_precision(tp: np.ndarray, fp: np.ndarray, weights: np.ndarray, gt_total: np.ndarray) -> np.ndarray:
-    """COCOeval's precision averaged over its 101 recall points, for a chunk of replicates.
+def _mean_precision(true_pos: np.ndarray, false_pos: np.ndarray, images: np.ndarray, num_images: int,
+                    counts: np.ndarray, gt_total: np.ndarray) -> np.ndarray:
+    """COCOeval's precision at its 101 recall points, averaged, for one category and IoU threshold.
+
+    Only the points at true positives matter: recall rises only there, and precision falls from one
+    true positive to the next, so a false positive never sets the envelope that a recall point reads.
+    The false positives between two true positives are therefore summed per image into one segment
+    each, and a replicate's weighted false-positive counts are one matrix product.
 
     Args:
-        tp, fp: (T, D) in COCOeval's detection order; weights: (b, D); gt_total: (b,), all > 0.
+        true_pos, false_pos: (D,) bool in COCOeval's order; images: (D,) image index of each detection;
+        counts: (B, N) draws; gt_total: (B,) weighted ground-truth boxes, all > 0.
 
     Returns:
-        (b, T)
+        (B,)
     """
-    num_thresholds, num_dets = tp.shape
-    tp_sum = np.cumsum(tp[None] * weights[:, None, :], axis=2)  # (b, T, D)
-    fp_sum = np.cumsum(fp[None] * weights[:, None, :], axis=2)
-    recall = tp_sum / gt_total[:, None, None]
+    tp_rank, fp_rank = np.flatnonzero(true_pos), np.flatnonzero(false_pos)
+    num_tp = len(tp_rank)
+    if num_tp == 0:
+        return np.zeros(counts.shape[0])
+    segment = np.searchsorted(tp_rank, fp_rank)  # the true positive each false positive comes before
+    kept = segment < num_tp  # those after the last true positive change nothing
+    per_image = np.bincount(images[fp_rank[kept]] * num_tp + segment[kept], minlength=num_images * num_tp)
+    fp_sum = np.cumsum(counts @ per_image.reshape(num_images, num_tp).astype(np.float64), axis=1)  # (B, num_tp)
+    tp_sum = np.cumsum(counts[:, images[tp_rank]], axis=1)
+    recall = tp_sum / gt_total[:, None]
     precision = tp_sum / (tp_sum + fp_sum + np.spacing(1))
-    envelope = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]  # best precision at or after
-    # One searchsorted for all rows: each row's recall (<= 1) is shifted by 2 x its row number.
-    rows = recall.shape[0] * num_thresholds
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # best precision at or after
+    # One searchsorted for all replicates: each row's recall (<= 1) is shifted by 2 x its row number.
+    rows = counts.shape[0]
     offsets = 2.0 * np.arange(rows)
-    flat = (recall.reshape(rows, num_dets) + offsets[:, None]).ravel()
-    at = np.searchsorted(flat, (_RECALL_POINTS[None, :] + offsets[:, None]).ravel(), side="left").reshape(rows, -1)
-    at -= (np.arange(rows) * num_dets)[:, None]
-    reached = at < num_dets  # recall points past the last detection's recall count as precision 0
-    picked = np.take_along_axis(envelope.reshape(rows, num_dets), np.minimum(at, num_dets - 1), axis=1)
-    return np.where(reached, picked, 0.0).mean(axis=1).reshape(recall.shape[0], num_thresholds)
+    at = np.searchsorted((recall + offsets[:, None]).ravel(), (_RECALL_POINTS[None, :] + offsets[:, None]).ravel(),
+                         side="left").reshape(rows, -1) - (np.arange(rows) * num_tp)[:, None]
+    reached = at < num_tp  # recall points past the last true positive's recall count as precision 0
+    picked = np.take_along_axis(envelope, np.minimum(at, num_tp - 1), axis=1)
+    return np.where(reached, picked, 0.0).mean(axis=1)
 
 
 def average_precision(table: MatchTable, counts: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -152,15 +164,11 @@ def average_precision(table: MatchTable, counts: Optional[np.ndarray] = None) ->
     for k, (images, tp, fp) in enumerate(zip(table.det_image, table.true_pos, table.false_pos)):
         gt_total = counts @ table.gt_count[k].astype(np.float64)  # (B,)
         has_gt = gt_total > 0  # COCOeval leaves a category without ground truth out of the mean
-        if len(images) == 0:
-            precision[has_gt, :, k] = 0.0
+        if not has_gt.any():
             continue
-        chunk = max(1, _CHUNK_ELEMENTS // (num_thresholds * len(images)))
-        for start in range(0, counts.shape[0], chunk):
-            index = np.arange(start, min(start + chunk, counts.shape[0]))
-            index = index[has_gt[index]]
-            if len(index):
-                precision[index, :, k] = _mean_precision(tp, fp, counts[index][:, images], gt_total[index])
+        for t in range(num_thresholds):
+            precision[has_gt, t, k] = _mean_precision(tp[t], fp[t], images, table.num_images, counts[has_gt],
+                                                      gt_total[has_gt])
     with np.errstate(invalid="ignore"), _quiet_nanmean():
         return {"AP": 100 * np.nanmean(precision, axis=(1, 2)),
                 **{name: 100 * np.nanmean(precision[:, t, :], axis=1) for name, t in _IOU_INDEX.items()}}
