@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Compare model variants: train and evaluate each with the same seeds through train_net.py, then
 write a table of the ten COCO numbers (mean ± std over seeds), paired differences against the first
-variant with 95% confidence intervals, plots, and JSON/CSV of every run.
+variant with 95% confidence intervals, each run's image-bootstrap spread and each difference's paired
+bootstrap over validation images (how much of an interval is the validation sample, how much is
+training, and the seeds and images a +-1.0 / +-0.5 AP interval needs), plots, and JSON/CSV of every run.
 
     tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py --seeds 3 \\
         --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \\
@@ -13,6 +15,8 @@ Seed s sets train.seed=s for every variant (paired). A second invocation with th
 reads the runs that finished and runs only the rest; an interrupted training resumes from its last
 checkpoint. A run that fails is reported by name with its error, and the others go on. The
 report files are rewritten after every run (runs not yet made are listed as "pending").
+Several invocations may share one output folder: each run is locked while it is made, so none is
+made twice, and each invocation waits for the others' runs before its final report.
 """
 import argparse
 from pathlib import Path
