@@ -139,6 +139,40 @@ def test_two_invocations_launched_together_on_one_folder_make_each_run_once(tiny
     assert {r["status"] for r in results["runs"]} <= {"done", "reused"}
 
 
+def test_an_interim_report_holds_a_run_that_another_invocation_finished(study, tiny_data, tmp_path):
+    """b seed 0 is locked "by another invocation" (this test) that has already finished it: the report
+    written after a seed 0 is made must show b as read, and the wait pass then reads it once the lock goes."""
+    import shutil
+    import threading
+
+    from dsanet.study.runner import _RunLock
+
+    finished = study["output"] / "runs" / "dsanet_conf" / "seed0"
+    target = tmp_path / "runs" / "b" / "seed0"
+    shutil.copytree(finished, target)
+    marker = json.loads((target / MARKER).read_text())
+    lock = _RunLock(target)
+    assert lock.acquire(blocking=False)
+    runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(DEMO_CONFIG),
+                         common_overrides=tiny_schedule(tiny_data), log=lambda line: None,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    variants = [parse_variant("a: model.head.dsa_levels=[] model.head.with_confidence=False"), parse_variant("b:")]
+    marker["overrides"] = runner.overrides(plan_runs(variants, [0], tmp_path)[1], {v.name: v for v in variants})
+    (target / MARKER).write_text(json.dumps(marker))
+    snapshots = []
+
+    def report(runs):
+        snapshots.append({r.variant.name: r.status for r in runs})
+        if len(snapshots) == 1:
+            releasing.start()  # the other invocation ends
+
+    releasing = threading.Timer(1.0, lock.release)
+    runs = runner.run_all(plan_runs(variants, [0], tmp_path), variants, after_each=report)
+    releasing.join()
+    assert snapshots[0] == {"a": "done", "b": "reused"}
+    assert [r.status for r in runs] == ["done", "reused"] and runs[1].metrics == marker["metrics"]
+
+
 def test_every_run_keeps_its_detections_and_bootstrap_and_the_report_splits_the_interval(study):
     output = study["output"]
     results = json.loads((output / "results.json").read_text())

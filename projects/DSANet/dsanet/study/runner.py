@@ -322,8 +322,17 @@ class StudyRunner:
                         deferred.append(run)
                     continue
                 if after_each is not None and (run.status != "reused" or made_before == "elsewhere"):
+                    self._read_finished_elsewhere(runs, sources)
                     after_each(runs)
         return list(runs)
+
+    def _read_finished_elsewhere(self, runs: Sequence[Run], sources: Dict[str, Variant]) -> None:
+        """Read the runs that other invocations have finished since, so an interim report holds them too."""
+        for run in runs:
+            if run.status in ("pending", "elsewhere") and (run.directory / MARKER).is_file():
+                status = run.status
+                if not self._reuse(run, self.overrides(run, sources)) or not run.ok:
+                    run.status, run.error = status, ""  # left for its own turn, which reports it
 
 
 def _write_json(path: Path, content: Dict) -> None:
