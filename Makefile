@@ -36,7 +36,7 @@ bench: setup
 
 # The README's variant study on the embedded benchmark (hours on CPU); run it again to resume, or with a
 # larger STUDY_SEEDS to add seeds. Several invocations may share the folder (each run is locked):
-#   OMP_NUM_THREADS=1 make study & OMP_NUM_THREADS=1 make study; wait
+#   make setup && (OMP_NUM_THREADS=1 make study & OMP_NUM_THREADS=1 make study; wait)   (setup first: once, not twice at a time)
 STUDY_OUT := output/study
 STUDY_SEEDS ?= 3
 study: setup
