@@ -21,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import UserInputError
 
-__all__ = ["CheckedCheckpointer", "WeightsOnlyUnpickler", "UNSAFE_PICKLE_OPT_IN", "remove_stale_temporary_files"]
+__all__ = ["CheckedCheckpointer", "WeightsOnlyUnpickler", "UNSAFE_PICKLE_OPT_IN", "remove_stale_temporary_files", "atomic_write"]
 
 UNSAFE_PICKLE_OPT_IN = "train.allow_unsafe_pickle=True"
 # How torch's weights-only unpickler and ours say that a file needs a global they do not build.
@@ -47,7 +47,7 @@ class WeightsOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a weights file")
 
 
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through a temporary file in the same folder, renamed over it once on disk."""
     temporary = f"{path}.tmp.{os.getpid()}"
     try:
@@ -106,13 +106,13 @@ class CheckedCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not self._is_local():
             return super().tag_last_checkpoint(last_filename_basename)
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                       lambda f: f.write(last_filename_basename.encode()))
 
     def _load_file(self, filename: str) -> Dict[str, Any]:

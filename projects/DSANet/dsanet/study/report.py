@@ -3,11 +3,11 @@ loss_curves.png."""
 import csv
 import io
 import json
-import os
 import math
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from ..checkpoint import atomic_write
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
 from .runner import Run
 from .stats import CI_METHOD, DECOMPOSITION_METHOD, decompose_interval, mean_std, paired_difference, summarize
@@ -143,9 +143,7 @@ def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, flo
 
 def _write_atomically(path: Path, text: str) -> None:
     """Several invocations on one study folder each rewrite the report: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    atomic_write(str(path), lambda f: f.write(text.encode()))
 
 
 def _plot_ap(path: Path, variants, runs) -> None:
@@ -175,9 +173,7 @@ def _plot_ap(path: Path, variants, runs) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
         ax.legend(fontsize=8)
     fig.tight_layout()
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(temporary, dpi=120)
-    temporary.replace(path)
+    atomic_write(str(path), lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -201,9 +197,7 @@ def _plot_losses(path: Path, variants, runs) -> None:
     if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
         ax.legend(fontsize=8)
     fig.tight_layout()
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(temporary, dpi=120)
-    temporary.replace(path)
+    atomic_write(str(path), lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..checkpoint import atomic_write
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
@@ -102,10 +103,7 @@ def measure_bootstrap(run: Run, gt_json: str) -> Dict:
     import numpy as np
     table = bootstrap.match_detections(gt_json, bootstrap.load_detections(run.directory / "inference" / DETECTIONS))
     summary, replicated = bootstrap.bootstrap_metrics(table)
-    path = run.directory / "inference" / REPLICATES
-    temporary = path.with_name("tmp-" + path.name)
-    np.savez(temporary, **replicated)
-    temporary.replace(path)
+    atomic_write(str(run.directory / "inference" / REPLICATES), lambda f: np.savez(f, **replicated))
     reported = run.metrics.get("AP", math.nan)
     summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - reported) < 1e-6)
     return summary
@@ -337,6 +335,4 @@ class StudyRunner:
 
 def _write_json(path: Path, content: Dict) -> None:
     """Write ``content`` as JSON atomically: a reader (another invocation) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(content, indent=2))
-    temporary.replace(path)
+    atomic_write(str(path), lambda f: f.write(json.dumps(content, indent=2).encode()))
