@@ -6,6 +6,7 @@ predate today's numpy, Pillow, setuptools and torch. Each shim below fixes one s
 in one line, and does nothing where the installed detectron2 does not need it.
 ``apply()`` runs when ``dsanet`` is imported; import ``dsanet`` before ``detectron2.layers``.
 """
+import functools
 import importlib
 import importlib.util
 import logging
@@ -235,6 +236,22 @@ def _cpu_distributed_worker(local_rank: int, main_func: Callable, world_size: in
     main_func(*args)
 
 
+def _run_then_leave_process_group(main_func: Callable, *args) -> None:
+    """Runs ``main_func`` in a launched process, then waits for every rank and leaves the group.
+
+    Reason: a process that exits with its gloo group alive sometimes dies in the group's
+    destructor ("terminate called without an active exception", SIGABRT), failing the launch
+    after the work is done; about one launch in three on a 2-core machine.
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    main_func(*args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+
+
 def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1,
            machine_rank: int = 0, dist_url: Optional[str] = None, args: tuple = (),
            timeout: timedelta = timedelta(minutes=30)) -> None:
@@ -251,6 +268,8 @@ def launch(main_func: Callable, num_gpus_per_machine: int, num_machines: int = 1
         return
     from detectron2.engine import launch as d2_launch
 
+    if world_size > 1:
+        main_func = functools.partial(_run_then_leave_process_group, main_func)
     if world_size == 1 or torch.cuda.is_available() or _launcher_supports_cpu():
         d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
                   machine_rank=machine_rank, dist_url=dist_url, args=args, timeout=timeout)
