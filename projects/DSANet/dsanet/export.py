@@ -1,4 +1,5 @@
-"""Export DSANet to TorchScript and ONNX, and run the exported graphs with the model's own post-processing.
+"""Export DSANet (torch.export, TorchScript, ONNX by either exporter), and run the exported graphs
+with the model's own post-processing.
 
 What is inside the exported graph, for one image (3, H, W) of any size, float, in the model's
 input format (BGR for the configs of this project):
@@ -11,7 +12,10 @@ model's own ``inference_single_image``): anchors, score threshold, top-k, box de
 per-class NMS (detectron2's ``batched_nms``) and rescaling to the requested output size.
 Keeping NMS out of the graph is what makes the exported model give the same detections as eager
 (detectron2 issue 5431: RetinaNet exported with its own decoding gives wrong or no boxes).
+Self-attention in every exported graph is one ``scaled_dot_product_attention`` op
+(:func:`dsanet.modeling.attention.export_attention`), not the eager dense/blockwise paths.
 """
+import contextlib
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -28,7 +32,10 @@ __all__ = [
     "raw_head_outputs",
     "tracing_adapter",
     "export_torchscript",
+    "export_program",
+    "load_program",
     "export_onnx",
+    "export_onnx_dynamo",
     "OnnxRunner",
     "postprocess",
     "median_time",
@@ -55,16 +62,57 @@ def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[
         lists over levels, in :func:`output_names` order: cls logits (1, A*K, Hi, Wi),
         box deltas (1, A*4, Hi, Wi), [conf logits (1, A, Hi, Wi),] scores (1, Hi*Wi*A, K).
     """
-    images = model.preprocess_image([{"image": image}])
-    features = model.backbone(images.tensor)
+    if torch.compiler.is_exporting():
+        padded = _normalized_and_padded(model, image)
+    else:
+        padded = model.preprocess_image([{"image": image}]).tensor
+    features = model.backbone(padded)
     predictions = list(model.head([features[f] for f in model.head_in_features]))
-    cls_logits = model._transpose_dense_predictions(predictions[:1], [model.num_classes])[0]
+    cls_logits = [_anchor_major(x, model.num_classes) for x in predictions[0]]
     if len(predictions) == 3:  # with object confidence: the fused score of DSANet.forward_inference
-        conf = model._transpose_dense_predictions(predictions[2:], [1])[0]
+        conf = [_anchor_major(x, 1) for x in predictions[2]]
         scores = [fuse_scores(x, c, model.score_fusion_alpha) for x, c in zip(cls_logits, conf)]
     else:
         scores = [x.sigmoid() for x in cls_logits]
     return (*predictions, scores)
+
+
+def _anchor_major(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, A*K, H, W) -> (N, H*W*A, K), the order of detectron2's ``permute_to_N_HWA_K``.
+
+    Reason: its ``reshape`` of a permuted tensor decides between a view and a copy from the
+    sizes, and torch.export turns that decision into an assertion that no level is 1x1; a copy
+    to contiguous memory first leaves nothing to decide.
+    """
+    n, _, h, w = x.shape
+    return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).clone(memory_format=torch.contiguous_format).view(n, -1, k)
+
+
+def _normalized_and_padded(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``model.preprocess_image`` for one image, with the padded size computed in Python ints.
+
+    Reason: detectron2's ``ImageList.from_tensors`` computes it as tensors (so that
+    ``torch.jit.trace`` keeps it dynamic); torch.export takes those for data and stops ("Could not
+    guard on data-dependent expression"), while Python ints of a symbolic shape stay symbolic.
+
+    Args:
+        image: (3, H, W), unnormalised.
+    Returns:
+        (1, 3, H', W'): normalised, zero-padded at the bottom and right to the backbone's size
+        divisibility (or to its ``square_size`` padding constraint, on detectron2 versions that have it).
+    """
+    divisibility = model.backbone.size_divisibility
+    constraints = getattr(model.backbone, "padding_constraints", None) or {}
+    divisibility = constraints.get("size_divisibility", divisibility)
+    x = (image - model.pixel_mean) / model.pixel_std
+    height, width = x.shape[-2:]
+    if constraints.get("square_size", 0) > 0:
+        pad_h, pad_w = constraints["square_size"] - height, constraints["square_size"] - width
+    elif divisibility > 1:
+        pad_h, pad_w = (-height) % divisibility, (-width) % divisibility
+    else:
+        pad_h = pad_w = 0
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h)).unsqueeze(0)
 
 
 def output_names(model: torch.nn.Module) -> List[str]:
@@ -85,6 +133,65 @@ def export_torchscript(model: torch.nn.Module, image: torch.Tensor, path: str) -
         traced = torch.jit.trace(tracing_adapter(model, image), (image,), check_trace=False)
     traced.save(path)
     return traced
+
+
+# Image sizes an exported program accepts: any height and width in this range (pixels).
+EXPORT_MIN_SIZE, EXPORT_MAX_SIZE = 2, 4096
+
+
+def export_program(model: torch.nn.Module, image: torch.Tensor, path: str) -> "torch.export.ExportedProgram":
+    """``torch.export`` of :func:`raw_head_outputs` with dynamic image height and width, saved as ``.pt2``.
+
+    Shape checks torch.export cannot prove for every size (the FPN's upsampled and lateral maps
+    agreeing, for one) become assertions inside the program rather than a failed export
+    (``prefer_deferred_runtime_asserts_over_guards``); they hold for any padded image.
+    """
+    # The example's size only seeds the symbolic shapes. One whose smallest level map is 1x1 (a
+    # 128-pixel image at P7) would make export specialise on that, and equal sides would tie the
+    # two dims together: so a blank example of an unequal size where every level has 2+ positions.
+    image = image.new_zeros(image.shape[0], 320, 448)
+    height = torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=EXPORT_MAX_SIZE)
+    width = torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=EXPORT_MAX_SIZE)
+    with torch.no_grad(), _sizes_may_be_one():
+        program = torch.export.export(tracing_adapter(model, image), (image,),
+                                      dynamic_shapes=(({1: height, 2: width},),),  # TracingAdapter takes *args
+                                      strict=False, prefer_deferred_runtime_asserts_over_guards=True)
+    torch.export.save(program, path)
+    return program
+
+
+def _sizes_may_be_one():
+    """torch.export with size-oblivious shape reasoning: a dim is not assumed to be 1 or not 1.
+
+    Reason: otherwise the program asserts that no level map is 1x1 (from the contiguity checks of
+    views), and a 128-pixel image (1x1 at P7) fails; views mean the same at size 1 anyway.
+    A no-op on a torch without the option.
+    """
+    import torch.fx.experimental._config as fx_config
+
+    if not hasattr(fx_config, "backed_size_oblivious"):
+        return contextlib.nullcontext()
+    return fx_config.patch(backed_size_oblivious=True)
+
+
+def load_program(path: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, ...]]:
+    """A saved ``.pt2`` as a callable with the traced model's signature: image -> flat outputs."""
+    module = torch.export.load(path).module()
+
+    def run(image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return tuple(module(image))
+    return run
+
+
+def export_onnx_dynamo(program: "torch.export.ExportedProgram", model: torch.nn.Module, path: str) -> None:
+    """ONNX from an exported program, by torch's dynamo-based exporter (needs ``onnxscript``).
+
+    Height and width stay dynamic: they are symbolic in ``program`` (see :func:`export_program`).
+    """
+    onnx_program = torch.onnx.export(program, input_names=["image"], output_names=output_names(model),
+                                     dynamo=True, verbose=False)
+    onnx_program.save(path)
 
 
 def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: str, opset: int = 17) -> None:

@@ -21,6 +21,8 @@ __all__ = [
     "attention_path",
     "blockwise_attention",
     "dense_attention",
+    "export_attention",
+    "is_exporting",
     "fused_attention",
     "sdpa_attention",
     "ATTENTION_KINDS",
@@ -91,6 +93,34 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return sdpa_attention(q, k, v, scale)
 
 
+def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The attention inside exported graphs (torch.export, the ONNX exporters, TorchScript tracing).
+
+    One ``scaled_dot_product_attention`` op, q and k zero-padded to v's width on CPU as in
+    :func:`fused_attention`. Why not the eager paths: :func:`blockwise_attention` is a Python loop
+    whose block count depends on H * W (a graph would keep the count of the traced image), and
+    the dense/blockwise choice is a branch on the shape. In PyTorch's runtime the op runs the
+    fused CPU kernel (memory linear in L); onnxruntime computes it as MatMul-Softmax-MatMul.
+    ``clone`` rather than ``contiguous()``: ``contiguous()`` on a symbolic shape makes torch.export
+    assert H * W != 1 at run time (a 1x1 P7 of a 128-pixel image).
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C).
+    """
+    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
+        pad = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    q, k, v = (t.clone(memory_format=torch.contiguous_format).unsqueeze(1) for t in (q, k, v))  # (N, 1, L, E)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
+def is_exporting() -> bool:
+    """True while torch.export, the dynamo ONNX exporter or ``torch.jit.trace`` records the model."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def attention_path(device_type: str, batch: int, length_q: int, length_k: int,
                    dense_budget_bytes: int = DENSE_BUDGET_BYTES) -> str:
     """Which exact attention :func:`auto_attention` runs for a shape: "sdpa", "dense" or "blockwise".
@@ -125,6 +155,7 @@ ATTENTION_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {
     "blockwise": blockwise_attention,
     "sdpa": sdpa_attention,
     "sdpa_padded": fused_attention,
+    "export": export_attention,
 }
 
 
@@ -133,7 +164,8 @@ class SelfAttention2d(nn.Module):
 
     Q and K come from convs to C // reduction channels, V from a conv to C channels. ``impl``
     names the attention implementation (a key of :data:`ATTENTION_IMPLS`; all exact): "auto"
-    picks dense, blockwise or SDPA per shape and device (:func:`attention_path`). With
+    picks dense, blockwise or SDPA per shape and device (:func:`attention_path`); exported graphs
+    use :func:`export_attention` unless ``impl`` is "dense". With
     ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
     half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
     padded so that the half-resolution grid stays aligned.
@@ -163,7 +195,8 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
-        if self._needs_contiguous_qkv(x.device.type):
+        impl = "export" if is_exporting() and self.impl != "dense" else self.impl
+        if impl != "export" and self._needs_contiguous_qkv(x.device.type):
             # SDPA needs q, k, v contiguous in their last dim: channels_last makes the conv outputs
             # (N, l, D|C) contiguous views. Dense and blockwise read the transposed views as they
             # are, so there the copy of x (one more (N, C, H, W) tensor, kept for backward) is skipped.
@@ -171,9 +204,9 @@ class SelfAttention2d(nn.Module):
         q, k, v = self.query(x), self.key(x), self.value(x)  # (N, D|C, h, w), h = H / stride
         n, c, h, w = v.shape
         q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
-        out = ATTENTION_IMPLS[self.impl](q, k, v, self.scale)  # (N, l, C)
-        out = out.transpose(1, 2).reshape(n, c, h, w)
-        if (h, w) != tuple(x.shape[-2:]):
+        out = ATTENTION_IMPLS[impl](q, k, v, self.scale)  # (N, l, C)
+        out = out.transpose(1, 2).unflatten(2, (h, w))  # (N, C, h, w), a view: reshape would copy
+        if self.stride != 1:  # not a shape comparison: an exported graph would keep its outcome
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
         return out
 
