@@ -1,15 +1,19 @@
 """Export (tools/export_model.py) on the real stack: a checkpoint trained here, real image files,
-TorchScript and a real onnxruntime session, each compared with eager PyTorch."""
+a torch.export program, TorchScript and real onnxruntime sessions of both ONNX exporters, each
+compared with eager PyTorch."""
 import json
 
 import cv2
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import ROOT, load_script
 
 onnx = pytest.importorskip("onnx", reason="pip install -e '.[export]'")
 pytest.importorskip("onnxruntime", reason="pip install -e '.[export]'")
+pytest.importorskip("onnxscript", reason="pip install -e '.[export]' (the dynamo ONNX exporter needs it)")
+
+RUNTIMES = ("exported_program", "onnxruntime_dynamo", "torchscript", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +36,15 @@ def test_exports_equal_eager_in_raw_outputs_and_final_detections(exported):
     status, out = exported
     report = json.loads((out / "parity.json").read_text())
     assert status == 0
-    for runtime in ("torchscript", "onnxruntime"):
+    assert report["failures"] == {}
+    for runtime in RUNTIMES:
         parity = report["parity"][runtime]
         assert parity["raw_max_abs"] <= 1e-4
         assert parity["detections"] > 0  # the final comparison is not vacuous
         assert parity["mismatched_images"] == 0
         assert parity["box_max_abs"] <= 1e-3 and parity["score_max_abs"] <= 1e-3
-    assert set(report["seconds_per_image"]) >= {"eager", "torchscript", "onnxruntime"}
+    assert set(report["seconds_per_image"]) >= {"eager", *RUNTIMES}
+    assert {p.name for p in out.iterdir()} >= {"model.pt2", "model_dynamo.onnx", "model.ts", "model.onnx"}
 
 
 def test_the_onnx_graph_is_valid_and_holds_the_fused_score(exported, trained_demo):
@@ -73,3 +79,60 @@ def test_a_missing_image_is_named(trained_demo, tmp_path, monkeypatch):
                             "--output", str(tmp_path), "--input", str(tmp_path / "nope.jpg")])
     with pytest.raises(UserInputError, match=f"--input {tmp_path / 'nope.jpg'}: no such file"):
         tool.main(args)
+
+
+def _tiny_model(**head):
+    """The Demo config's DSANet with random weights, gamma 0.5 (so attention reaches the outputs)."""
+    from detectron2.config import instantiate
+    from dsanet.config import load_config
+
+    cfg = load_config(str(ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"))
+    for key, value in head.items():
+        setattr(cfg.model.head, key, value)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.data.fill_(0.5)
+    return model
+
+
+@pytest.mark.parametrize("with_confidence", [True, False])
+def test_program_and_dynamo_onnx_of_full_resolution_p3_equal_eager_on_unseen_sizes(tmp_path, with_confidence):
+    """Self-attention on P3-P7 at full resolution, with and without the confidence branch: the
+    program and its ONNX run on sizes export never saw, through one SDPA op per attention."""
+    from dsanet import export
+    from dsanet.modeling.attention import SelfAttention2d
+
+    model = _tiny_model(dsa_levels=["p3", "p4", "p5", "p6", "p7"], with_confidence=with_confidence)
+    program = export.export_program(model, torch.zeros(3, 64, 64), str(tmp_path / "m.pt2"))
+    export.export_onnx_dynamo(program, model, str(tmp_path / "m.onnx"))
+    attention_ops = [n for n in program.graph.nodes if "scaled_dot_product_attention" in str(n.target)]
+    assert len(attention_ops) == sum(isinstance(m, SelfAttention2d) for m in model.modules()) == 10
+    runtimes = {"program": export.load_program(str(tmp_path / "m.pt2")), "onnx": export.OnnxRunner(str(tmp_path / "m.onnx"))}
+    for size in [(76, 100), (200, 264)]:  # P7 of 1x1 and of 2x3
+        image = torch.rand(3, *size) * 255
+        with torch.no_grad():
+            eager = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
+        for name, run in runtimes.items():
+            assert export.max_abs_difference(eager, run(image)) <= 1e-4, (name, size)
+
+
+def test_a_part_a_format_cannot_run_is_named_in_one_line_and_the_others_run(trained_demo, tmp_path, monkeypatch):
+    """CBAM on P6-P7: the torch.export program stops on a 128-pixel image (1x1 at P7) and the tool
+    says so in one line naming the format and the part; the dynamo ONNX still runs and passes."""
+    config = tmp_path / "cbam.yaml"
+    text = trained_demo.config.read_text()
+    assert "dsa_levels: [p4, p5, p6, p7]" in text
+    config.write_text(text.replace("dsa_levels: [p4, p5, p6, p7]", "dsa_levels: {p6: cbam, p7: cbam}"))
+    monkeypatch.setenv("DSANET_CACHE", str(trained_demo.cache))
+    tool = load_script("tools/export_model.py")
+    status = tool.main(tool.parse_args(["--config-file", str(config), "--weights", str(trained_demo.weights),
+                                        "--output", str(tmp_path / "out"), "--repeats", "1",
+                                        "--format", "export", "onnx-dynamo", "--input", str(trained_demo.images[0])]))
+    report = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert status == 1
+    assert list(report["failures"]) == ["exported_program"]
+    line = report["failures"]["exported_program"]
+    assert "\n" not in line and "(128, 128)" in line and "CBAM attention on p6, p7" in line
+    assert report["parity"]["onnxruntime_dynamo"]["raw_max_abs"] <= 1e-4

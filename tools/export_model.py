@@ -1,21 +1,28 @@
 #!/usr/bin/env python
-"""Export a trained DSANet to TorchScript and ONNX, and prove the exports equal eager PyTorch.
+"""Export a trained DSANet (torch.export, TorchScript, ONNX) and prove the exports equal eager PyTorch.
 
     tools/export_model.py --config-file output/demo/config.yaml --weights output/demo/model_final.pth \
-        --output output/demo/export [--format torchscript onnx] [--input a.jpg b.jpg | --num-images 8]
+        --output output/demo/export [--format export onnx-dynamo torchscript onnx] [--input a.jpg b.jpg | --num-images 8]
 
-Writes ``model.ts`` and ``model.onnx`` (traced through detectron2's TracingAdapter on the first
-image, with dynamic height and width) and ``parity.json``. In the graph: normalisation, padding,
-backbone, FPN, DSA, head and the fused score; after it, in Python and shared with eager (see
+Formats, each written to --output and loaded back before it is checked:
+    export       ``torch.export`` program, ``model.pt2`` (run with ``torch.export.load(...).module()``)
+    onnx-dynamo  ONNX from that program by torch's dynamo-based exporter, ``model_dynamo.onnx``
+    torchscript  ``torch.jit.trace`` through detectron2's TracingAdapter, ``model.ts`` (for detectron2's deploy tools)
+    onnx         ONNX by torch's TorchScript-based exporter, ``model.onnx``
+All keep the image's height and width dynamic. In the graph: normalisation, padding, backbone,
+FPN, DSA, head and the fused score; after it, in Python and shared with eager (see
 ``dsanet.export``): anchors, threshold, top-k, box decoding, NMS. On each test image (the
-config's test set, or --input) it compares the raw outputs of each export with eager PyTorch
+config's test set, or --input) it compares each runtime's raw outputs with eager PyTorch
 (tolerance 1e-4) and the final boxes and scores after post-processing (tolerance 1e-3), and
-times eager, TorchScript and onnxruntime on CPU. Exit status 1 when a tolerance is exceeded.
+times each runtime on CPU. A format that cannot be exported or run is reported in one line
+naming the format and the part, and the others still run. Writes ``parity.json``. Exit status
+1 when a tolerance is exceeded or a requested format failed.
 """
 import argparse
 import json
 import os
-from typing import Dict, List
+import traceback
+from typing import Callable, Dict, List
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import torch
@@ -28,14 +35,51 @@ from dsanet.predictor import Predictor
 
 RAW_TOLERANCE = 1e-4
 FINAL_TOLERANCE = 1e-3
+# --format name: (file written, name of its runtime in the report)
+FORMATS = {"export": ("model.pt2", "exported_program"), "onnx-dynamo": ("model_dynamo.onnx", "onnxruntime_dynamo"),
+           "torchscript": ("model.ts", "torchscript"), "onnx": ("model.onnx", "onnxruntime")}
+
+
+def where_it_failed(error: BaseException) -> str:
+    """The innermost frame of the error's traceback in this project or detectron2, as "file:line (function)"."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "/dsanet/" in f.filename or "/detectron2/" in f.filename or "/tools/" in f.filename]
+    if not frames:
+        return "torch"
+    frame = frames[-1]
+    short = frame.filename.split("/projects/DSANet/")[-1].split("site-packages/")[-1]
+    return f"{short}:{frame.lineno} ({frame.name})"
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, with its type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def export_format(name: str, model, sample, path: str, programs: dict) -> Callable:
+    """Write one format to ``path`` and return its runtime (image -> flat outputs), loaded back from disk."""
+    if name == "export":
+        programs["export"] = export.export_program(model, sample, path)
+        return export.load_program(path)
+    if name == "onnx-dynamo":
+        program = programs.get("export") or export.export_program(
+            model, sample, os.path.join(os.path.dirname(path), FORMATS["export"][0]))
+        export.export_onnx_dynamo(program, model, path)
+        return export.OnnxRunner(path, num_threads=torch.get_num_threads())
+    if name == "torchscript":
+        export.export_torchscript(model, sample, path)
+        return torch.jit.load(path)
+    export.export_onnx(model, sample, path)
+    return export.OnnxRunner(path, num_threads=torch.get_num_threads())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
-    parser.add_argument("--output", required=True, help="folder for model.ts, model.onnx and parity.json")
-    parser.add_argument("--format", nargs="+", choices=["torchscript", "onnx"], default=["torchscript", "onnx"])
+    parser.add_argument("--output", required=True, help="folder for the exported models and parity.json")
+    parser.add_argument("--format", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     parser.add_argument("--input", nargs="*", default=None, help="test images (default: the config's test set)")
     parser.add_argument("--num-images", type=int, default=8, help="test-set images to check when --input is absent")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per runtime (median reported)")
@@ -64,8 +108,12 @@ def load_images(predictor: Predictor, args: argparse.Namespace) -> List[dict]:
     return inputs
 
 
-def check_parity(model, runtimes: Dict[str, callable], inputs: List[dict]) -> Dict[str, Dict[str, float]]:
-    """Worst raw-output and final-detection differences of each runtime against eager, over all images."""
+def check_parity(model, runtimes: Dict[str, callable], inputs: List[dict],
+                 failures: Dict[str, str]) -> Dict[str, Dict[str, float]]:
+    """Worst raw-output and final-detection differences of each runtime against eager, over all images.
+
+    A runtime that raises on an image is dropped from ``runtimes`` and its one-line reason put in ``failures``.
+    """
     worst = {name: {"raw_max_abs": 0.0, "box_max_abs": 0.0, "score_max_abs": 0.0, "mismatched_images": 0,
                     "detections": 0} for name in runtimes}
     for record in inputs:
@@ -73,8 +121,16 @@ def check_parity(model, runtimes: Dict[str, callable], inputs: List[dict]) -> Di
         with torch.no_grad():
             eager_raw = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
             eager = model([{k: record[k] for k in ("image", "height", "width")}])[0]["instances"]
-        for name, run in runtimes.items():
-            flat = run(image)
+        for name, run in list(runtimes.items()):
+            try:
+                flat = run(image)
+            except Exception as e:  # noqa: BLE001  (reported in one line; the other runtimes go on)
+                part = where_it_failed(e)
+                if name == FORMATS["export"][1] and "Runtime assertion failed" in str(e):
+                    part = "; ".join(export.program_limits(model)) or "a shape assertion of the program"
+                failures[name] = f"fails on {record['file_name']} {tuple(image.shape[-2:])}: {part} ({one_line(e)[:120]})"
+                del runtimes[name], worst[name]
+                continue
             w = worst[name]
             w["raw_max_abs"] = max(w["raw_max_abs"], export.max_abs_difference(eager_raw, flat))
             final = export.postprocess(model, flat, tuple(image.shape[-2:]), (record["height"], record["width"]))
@@ -101,25 +157,24 @@ def time_runtimes(model, runtimes: Dict[str, callable], record: dict, repeats: i
 
 
 def main(args: argparse.Namespace) -> int:
-    """Export, check, time; returns the exit status (1 when a tolerance is exceeded)."""
+    """Export, check, time; returns the exit status (1 when a tolerance is exceeded or a format failed)."""
     predictor = Predictor(args.config_file, args.weights, args.opts, device="cpu")
     model = predictor.model
     inputs = load_images(predictor, args)
     os.makedirs(args.output, exist_ok=True)
     sample = inputs[0]["image"]
-    runtimes = {}
-    if "torchscript" in args.format:
-        path = os.path.join(args.output, "model.ts")
-        export.export_torchscript(model, sample, path)
-        runtimes["torchscript"] = torch.jit.load(path)
-        print(f"wrote {path}")
-    if "onnx" in args.format:
-        path = os.path.join(args.output, "model.onnx")
-        export.export_onnx(model, sample, path)
-        runtimes["onnxruntime"] = export.OnnxRunner(path, num_threads=torch.get_num_threads())
+    runtimes, failures, programs = {}, {}, {}
+    for name in args.format:
+        filename, runtime = FORMATS[name]
+        path = os.path.join(args.output, filename)
+        try:
+            runtimes[runtime] = export_format(name, model, sample, path, programs)
+        except Exception as e:  # noqa: BLE001  (reported in one line; the other formats go on)
+            failures[runtime] = f"cannot export ({where_it_failed(e)}): {one_line(e)}"
+            continue
         print(f"wrote {path}")
 
-    parity = check_parity(model, runtimes, inputs)
+    parity = check_parity(model, runtimes, inputs, failures)
     timings = time_runtimes(model, runtimes, inputs[0], args.repeats)
     sizes = sorted({tuple(r["image"].shape[-2:]) for r in inputs})
     print(f"parity against eager PyTorch on {len(inputs)} images of sizes {sizes}:")
@@ -128,18 +183,22 @@ def main(args: argparse.Namespace) -> int:
         ok = (w["raw_max_abs"] <= RAW_TOLERANCE and w["mismatched_images"] == 0
               and w["box_max_abs"] <= FINAL_TOLERANCE and w["score_max_abs"] <= FINAL_TOLERANCE)
         failed |= not ok
-        print(f"  {name:12s} raw outputs max |diff| {w['raw_max_abs']:.2e} (tol {RAW_TOLERANCE:g}); "
+        print(f"  {name:18s} raw outputs max |diff| {w['raw_max_abs']:.2e} (tol {RAW_TOLERANCE:g}); "
               f"{w['detections']} detections: boxes {w['box_max_abs']:.2e}, scores {w['score_max_abs']:.2e} "
               f"(tol {FINAL_TOLERANCE:g}); images with other detections: {w['mismatched_images']}  "
               f"{'OK' if ok else 'FAILED'}")
+    for runtime, reason in failures.items():
+        failed = True
+        print(f"  {runtime:18s} {reason}")
     print(f"CPU time per image ({torch.get_num_threads()} threads, median of {args.repeats}, "
           f"{tuple(inputs[0]['image'].shape[-2:])}):")
     for name, seconds in timings.items():
-        print(f"  {name:28s} {seconds * 1000:8.2f} ms")
+        print(f"  {name:30s} {seconds * 1000:8.2f} ms")
     with open(os.path.join(args.output, "parity.json"), "w") as f:
         json.dump({"images": [r["file_name"] for r in inputs], "tolerances": {"raw": RAW_TOLERANCE,
                    "final": FINAL_TOLERANCE}, "parity": parity, "seconds_per_image": timings,
-                   "threads": torch.get_num_threads(), "outputs": export.output_names(model)}, f, indent=1)
+                   "failures": failures, "threads": torch.get_num_threads(),
+                   "outputs": export.output_names(model)}, f, indent=1)
     return 1 if failed else 0
 
 

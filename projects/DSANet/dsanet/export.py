@@ -34,6 +34,7 @@ __all__ = [
     "export_torchscript",
     "export_program",
     "load_program",
+    "program_limits",
     "export_onnx",
     "export_onnx_dynamo",
     "OnnxRunner",
@@ -182,6 +183,23 @@ def load_program(path: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, ...]
         with torch.no_grad():
             return tuple(module(image))
     return run
+
+
+def program_limits(model: torch.nn.Module) -> List[str]:
+    """Parts of ``model`` whose torch.export program cannot run on every image size, one line each.
+
+    CBAM spatial attention: its 7x7 convolution's output layout is decided from the map's size, so
+    the program asserts that every CBAM level has more than one position (a 128-pixel image has a
+    1x1 P7) and stops on smaller maps. The ONNX formats take such maps.
+    """
+    from .modeling.attention import SpatialAttention2d
+
+    levels = sorted({name.split(".")[-2] for name, m in model.named_modules() if isinstance(m, SpatialAttention2d)})
+    if not levels:
+        return []
+    stride = max(int(level[1:]) for level in levels)
+    return [f"CBAM attention on {', '.join(levels)} needs more than one position per map (an image over "
+            f"{2 ** stride} pixels on one side for {levels[-1]})"]
 
 
 def export_onnx_dynamo(program: "torch.export.ExportedProgram", model: torch.nn.Module, path: str) -> None:
