@@ -1,6 +1,13 @@
 # One-command set-up and the project's entry points. Every target sets up first when needed.
 PYTHON ?= python3
+# `make test D2_SRC=PATH` runs the suite against the detectron2 built from PATH (a source folder or a
+# .tar.gz of one, e.g. a git archive of detectron2 main), compiled ops included, in its own environment.
+D2_SRC ?=
+ifeq ($(strip $(D2_SRC)),)
 VENV := .venv
+else
+VENV := .venv-d2src
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-complete
 ARCH := $(shell uname -m)
@@ -15,11 +22,11 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml tools/install_detectron2.py Makefile
+$(STAMP): setup.cfg setup.py pyproject.toml tools/install_detectron2.py Makefile $(D2_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_PACKAGES)
 	$(PY) -m pip install -e '.[test]'
-	$(PY) tools/install_detectron2.py
+	$(PY) tools/install_detectron2.py $(if $(strip $(D2_SRC)),--source $(D2_SRC))
 	$(PY) -c "import dsanet, detectron2; print('dsanet', dsanet.__version__, '| detectron2', detectron2.__version__)"
 	touch $(STAMP)
 

@@ -27,7 +27,7 @@ from dsanet import compat
 from dsanet.config import check_device, load_config
 from dsanet.data import check_num_classes, register_datasets_for
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
-from dsanet.errors import UserInputError
+from dsanet.errors import UserInputError, one_line
 
 logger = logging.getLogger("dsanet")
 
@@ -63,7 +63,7 @@ def main_or_exit(args) -> None:
         main(args)
     except UserInputError as e:
         if comm.is_main_process():
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

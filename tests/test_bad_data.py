@@ -341,3 +341,18 @@ def test_train_net_stops_before_training_with_one_line(defect, overrides, expect
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last and (str(json_file) in last)
     assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_train_net_on_a_dataset_without_one_readable_image_stops_with_one_line(num_workers, tmp_path):
+    """Every image unreadable: one error line and exit status 2 (v0.6 and detectron2 main word the
+    empty retry pool differently; both end here), also when a loader worker raises it."""
+    data = write_dataset(tmp_path, num_images=0, extra_images=[(n, UNREADABLE[n]) for n in sorted(UNREADABLE)])
+    json_file = save_json(data, tmp_path / "mixed.json")
+    result = run(ROOT / "train_net.py", "--config-file", DEMO_CONFIG, *dataset_overrides(json_file, tmp_path / "images"),
+                 f"dataloader.train.num_workers={num_workers}", f"train.output_dir={tmp_path / 'out'}",
+                 "train.max_iter=2", cache_dir=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the data loader found no element of the dataset that it could map "
+        "(every image it tried was skipped; see the warnings naming them)")

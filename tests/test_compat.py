@@ -15,7 +15,7 @@ def test_apply_is_idempotent_and_reports_each_shim():
     first = compat.apply()
     assert compat.apply() is first
     assert set(first) == {"pillow_linear_alias", "compiled_ops_stand_in", "numpy_aliases",
-                          "model_zoo_pkg_resources", "map_dataset_set_sampling"}
+                          "model_zoo_pkg_resources", "map_dataset_sampling"}
 
 
 def test_map_dataset_takes_another_element_when_the_map_function_skips_one():
@@ -24,7 +24,9 @@ def test_map_dataset_takes_another_element_when_the_map_function_skips_one():
     dataset = MapDataset(list(range(6)), lambda x: None if x % 3 == 0 else x)
     assert [dataset[i] for i in range(6)][1::3] == [1, 4]
     assert all(dataset[i] % 3 != 0 for i in range(6))  # 0 and 3 are replaced by others
-    with pytest.raises(RuntimeError, match="no element of the dataset"):
+    from dsanet.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="no element of the dataset"):
         MapDataset([0, 3], lambda x: None)[0]
 
 

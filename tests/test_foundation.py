@@ -15,6 +15,9 @@ from detectron2.utils.events import EventStorage
 from detectron2.solver import LRMultiplier
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+
 from conftest import make_inputs
 from dsanet.modeling import make_resnet_stages
 
@@ -27,7 +30,8 @@ def tiny_detectron2_retinanet():
     cfg.backbone.bottom_up.stages = make_resnet_stages(depth=18, stem_width=16, widths=[16, 32, 64, 128], norm="BN")
     cfg.backbone.out_channels = 32
     cfg.backbone.top_block.in_channels = 128
-    cfg.head.input_shape = [cfg.head.input_shape[0].__class__(channels=32)] * 5
+    # L(ShapeSpec): v0.6's ShapeSpec is a namedtuple, main's a dataclass (which omegaconf turns into a dict).
+    cfg.head.input_shape = [L(ShapeSpec)(channels=32)] * 5
     cfg.head.conv_dims = [32, 32]
     cfg.num_classes = 3
     return instantiate(cfg)

@@ -1,7 +1,11 @@
 #!/usr/bin/env python
 """Install detectron2 into the running interpreter's environment, the best way this machine allows.
 
-Order of preference:
+With ``--source PATH`` (a detectron2 source tree, as a folder or a ``.tar.gz`` of one, e.g. a
+``git archive`` of detectron2 main): build that, C++ CPU ops included, replacing any detectron2
+already installed. This is how the suite is run against another detectron2 (``make test D2_SRC=PATH``).
+
+Otherwise, in order of preference:
   1. a detectron2 that is already importable (kept as it is);
   2. the official source build from GitHub, which compiles the C++/CUDA ops (what GPU users want),
      tried only when GitHub answers;
@@ -94,6 +98,32 @@ def install_pure_python_sdist(workdir: Path) -> None:
     pip("install", "--no-deps", "--no-build-isolation", str(package_root))
 
 
+def install_from_source(source: Path, workdir: Path) -> None:
+    """Build and install detectron2 from a source tree (folder or .tar.gz), compiling its ops.
+
+    Without CUDA its setup.py builds the CPU ops only. ``--no-deps``: the project's own
+    requirements (``make setup``) already hold detectron2's run-time ones, and main's list also
+    pins tools (black) that the suite does not use.
+    """
+    if not source.exists():
+        sys.exit(f"error: --source {source}: no such file or folder")
+    if source.is_file():
+        if not tarfile.is_tarfile(source):
+            sys.exit(f"error: --source {source}: neither a folder nor a tar archive")
+        with tarfile.open(source) as tar:
+            tar.extractall(workdir, filter="data")
+        roots = [p.parent for p in workdir.glob("**/setup.py") if (p.parent / "detectron2").is_dir()]
+        if not roots:
+            sys.exit(f"error: --source {source}: no detectron2 setup.py inside")
+        source = min(roots, key=lambda p: len(p.parts))
+    elif not (source / "setup.py").is_file():
+        sys.exit(f"error: --source {source}: no setup.py in this folder")
+    if detectron2_is_importable():
+        pip("uninstall", "--yes", "detectron2")
+    # A wheel, not an editable install: the extracted tree is temporary.
+    pip("install", "--no-deps", "--no-build-isolation", str(source))
+
+
 def report() -> None:
     code = textwrap.dedent("""\
         import importlib.util, os, detectron2
@@ -115,8 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force-sdist", action="store_true",
                         help="skip the GitHub build and install the pure-Python sdist")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="build this detectron2 source tree (folder or .tar.gz) instead, with its ops")
     args = parser.parse_args()
-    if detectron2_is_importable():
+    if args.source is not None:
+        print(f"building detectron2 from {args.source}")
+        with tempfile.TemporaryDirectory() as tmp:
+            install_from_source(args.source.resolve(), Path(tmp))
+    elif detectron2_is_importable():
         print("detectron2 is already importable: keeping it")
     elif not args.force_sdist and github_reachable():
         print(f"GitHub answers: building detectron2 from {GITHUB_SOURCE}")

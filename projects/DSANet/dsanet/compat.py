@@ -158,20 +158,25 @@ def _import_model_zoo_without_pkg_resources() -> bool:
 
 
 class _SetSamplingRandom(random.Random):
-    """``random.Random`` whose ``sample`` takes a set (sorted first), as it did before Python 3.11."""
+    """``random.Random`` whose ``sample`` takes a set (sorted first), as it did before Python 3.11,
+    and says in one line that nothing is left when the population is empty."""
 
     def sample(self, population, k, **kwargs):
+        if not population:
+            from .errors import UserInputError
+
+            raise UserInputError("the data loader found no element of the dataset that it could map "
+                               "(every image it tried was skipped; see the warnings naming them)")
         if isinstance(population, (set, frozenset)):
-            if not population:
-                raise RuntimeError("the data loader found no element of the dataset that it could map "
-                                   "(every image it tried was skipped; see the warnings naming them)")
             population = sorted(population)
         return super().sample(population, k, **kwargs)
 
 
-def _map_dataset_retries_on_python_3_11() -> bool:
-    # Reason: MapDataset retries a skipped element with random.sample(a set), which Python 3.11 refuses.
-    if sys.version_info < (3, 11) or "sample(self._fallback_candidates" not in _source_of("detectron2.data.common"):
+def _map_dataset_retries_with_clear_sampling() -> bool:
+    # Reason: MapDataset retries a skipped element with random.sample of the elements not yet
+    # skipped: of a set on v0.6 (Python 3.11 refuses it), and on every version, once all are
+    # skipped, of an empty pool ("Sample larger than population", naming nothing).
+    if "self._rng.sample(" not in _source_of("detectron2.data.common"):
         return False
     from detectron2.data import common
 
@@ -202,7 +207,7 @@ def apply() -> dict:
             "compiled_ops_stand_in": _import_modules_that_need_compiled_ops(),
             "numpy_aliases": _restore_numpy_aliases(),
             "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
-            "map_dataset_set_sampling": _map_dataset_retries_on_python_3_11(),
+            "map_dataset_sampling": _map_dataset_retries_with_clear_sampling(),
         }
     return _applied
 

@@ -2,11 +2,21 @@
 import sys
 from typing import Callable, NoReturn, Optional
 
-__all__ = ["UserInputError", "exit_with_status_of"]
+__all__ = ["UserInputError", "exit_with_status_of", "one_line"]
 
 
 class UserInputError(Exception):
     """Bad input from the command line or a config: the message names the file, key or value at fault."""
+
+
+def one_line(error: UserInputError) -> str:
+    """The error's message on one line. A DataLoader worker's error arrives re-raised with the
+    worker's traceback in its message ("Caught ... Original Traceback ..."): its own last line is kept."""
+    message = str(error)
+    if "Original Traceback" in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(f"{UserInputError.__name__}: ", 1)[-1]
+    return message
 
 
 def exit_with_status_of(main: Callable[[], Optional[int]]) -> NoReturn:
@@ -15,6 +25,6 @@ def exit_with_status_of(main: Callable[[], Optional[int]]) -> NoReturn:
     try:
         status = main()
     except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(status or 0)

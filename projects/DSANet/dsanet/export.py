@@ -24,6 +24,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from . import compat
+from .modeling.attention import SpatialAttention2d, tracing_for_export
 from .modeling.meta_arch import fuse_scores
 
 __all__ = [
@@ -130,7 +131,7 @@ def tracing_adapter(model: torch.nn.Module, image: torch.Tensor) -> torch.nn.Mod
 
 def export_torchscript(model: torch.nn.Module, image: torch.Tensor, path: str) -> torch.jit.ScriptModule:
     """Trace :func:`raw_head_outputs` on ``image`` and save it; shapes stay dynamic (H, W)."""
-    with torch.no_grad():
+    with torch.no_grad(), tracing_for_export():
         traced = torch.jit.trace(tracing_adapter(model, image), (image,), check_trace=False)
     traced.save(path)
     return traced
@@ -192,8 +193,6 @@ def program_limits(model: torch.nn.Module) -> List[str]:
     the program asserts that every CBAM level has more than one position (a 128-pixel image has a
     1x1 P7) and stops on smaller maps. The ONNX formats take such maps.
     """
-    from .modeling.attention import SpatialAttention2d
-
     levels = sorted({name.split(".")[-2] for name, m in model.named_modules() if isinstance(m, SpatialAttention2d)})
     if not levels:
         return []
@@ -220,7 +219,7 @@ def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: str, opset: i
     """
     names = output_names(model)
     dynamic_axes = {"image": {1: "height", 2: "width"}}
-    with torch.no_grad():
+    with torch.no_grad(), tracing_for_export():
         torch.onnx.export(tracing_adapter(model, image), (image,), path, input_names=["image"],
                           output_names=names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
 

@@ -5,6 +5,7 @@ residual ``x + gamma * att`` (paper eq. 2) lives in :class:`dsanet.modeling.dsa.
 
 Naming: N images, C channels, H x W positions, L = H * W, D = C // reduction (query/key dim).
 """
+import contextlib
 import math
 from typing import Callable, Dict
 
@@ -23,6 +24,7 @@ __all__ = [
     "dense_attention",
     "export_attention",
     "is_exporting",
+    "tracing_for_export",
     "fused_attention",
     "sdpa_attention",
     "ATTENTION_KINDS",
@@ -116,9 +118,25 @@ def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
 
 
+_TRACING_FOR_EXPORT = False
+
+
 def is_exporting() -> bool:
-    """True while torch.export, the dynamo ONNX exporter or ``torch.jit.trace`` records the model."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+    """True while torch.export or the dynamo ONNX exporter records the model, or while
+    ``dsanet.export`` traces it (:func:`tracing_for_export`). Other tracing, such as fvcore's FLOP
+    count, sees the eager paths."""
+    return _TRACING_FOR_EXPORT or torch.compiler.is_exporting()
+
+
+@contextlib.contextmanager
+def tracing_for_export():
+    """Within it, ``torch.jit.trace`` records :func:`export_attention` (see :func:`is_exporting`)."""
+    global _TRACING_FOR_EXPORT
+    previous, _TRACING_FOR_EXPORT = _TRACING_FOR_EXPORT, True
+    try:
+        yield
+    finally:
+        _TRACING_FOR_EXPORT = previous
 
 
 def attention_path(device_type: str, batch: int, length_q: int, length_k: int,
