@@ -100,21 +100,19 @@ def _normalized_and_padded(model: torch.nn.Module, image: torch.Tensor) -> torch
     Args:
         image: (3, H, W), unnormalised.
     Returns:
-        (1, 3, H', W'): normalised, zero-padded at the bottom and right to the backbone's size
-        divisibility (or to its ``square_size`` padding constraint, on detectron2 versions that have it).
+        (1, 3, H', W'): normalised, zero-padded at the bottom and right to the backbone's
+        ``square_size`` padding constraint (detectron2 main) if any, then up to its size divisibility.
     """
     divisibility = model.backbone.size_divisibility
     constraints = getattr(model.backbone, "padding_constraints", None) or {}
     divisibility = constraints.get("size_divisibility", divisibility)
     x = (image - model.pixel_mean) / model.pixel_std
     height, width = x.shape[-2:]
-    if constraints.get("square_size", 0) > 0:
-        pad_h, pad_w = constraints["square_size"] - height, constraints["square_size"] - width
-    elif divisibility > 1:
-        pad_h, pad_w = (-height) % divisibility, (-width) % divisibility
-    else:
-        pad_h = pad_w = 0
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h)).unsqueeze(0)
+    square = constraints.get("square_size", 0)
+    target_h, target_w = (square, square) if square > 0 else (height, width)
+    if divisibility > 1:  # rounded up, as ImageList does (after the square size, if any)
+        target_h, target_w = target_h + (-target_h) % divisibility, target_w + (-target_w) % divisibility
+    return torch.nn.functional.pad(x, (0, target_w - width, 0, target_h - height)).unsqueeze(0)
 
 
 def output_names(model: torch.nn.Module) -> List[str]:
@@ -143,6 +141,9 @@ EXPORT_MIN_SIZE, EXPORT_MAX_SIZE = 2, 4096
 
 def export_program(model: torch.nn.Module, image: torch.Tensor, path: str) -> "torch.export.ExportedProgram":
     """``torch.export`` of :func:`raw_head_outputs` with dynamic image height and width, saved as ``.pt2``.
+
+    ``image`` (3, H, W) gives the channel count and dtype; the program takes any H, W in
+    [EXPORT_MIN_SIZE, EXPORT_MAX_SIZE].
 
     Shape checks torch.export cannot prove for every size (the FPN's upsampled and lateral maps
     agreeing, for one) become assertions inside the program rather than a failed export
