@@ -6,6 +6,7 @@ atomically and load without running code (see :mod:`dsanet.checkpoint`), and
 import logging
 import math
 import os
+import time
 from typing import Dict
 
 import torch
@@ -20,9 +21,10 @@ from detectron2.utils.file_io import PathManager
 from . import compat
 from .checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from .errors import UserInputError
+from .precision import cpu_autocast_dtype, inference_autocast
 
 __all__ = ["do_train", "do_test", "load_weights", "make_checkpointer", "LossNormalizerState", "CheckedCheckpointer",
-           "CheckedSimpleTrainer", "CheckedAMPTrainer"]
+           "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer"]
 
 logger = logging.getLogger("dsanet")
 
@@ -87,6 +89,33 @@ class CheckedAMPTrainer(_NamesNonFiniteLosses, AMPTrainer):
     """detectron2's AMPTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
 
 
+class CPUAutocastTrainer(CheckedSimpleTrainer):
+    """CheckedSimpleTrainer whose forward pass runs under ``torch.autocast("cpu", dtype)`` (bf16).
+
+    Reason: detectron2's AMPTrainer asserts CUDA and scales fp16 gradients; bf16 has fp32's
+    exponent range, so no grad scaler is needed. Only the forward is autocast: backward runs each
+    op in the dtype its forward used, and the optimizer updates the fp32 parameters. The model
+    itself computes its losses and decoding in fp32 (see ``DSANet``).
+    """
+
+    def __init__(self, model, data_loader, optimizer, dtype: torch.dtype = torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.autocast_dtype = dtype
+
+    def run_step(self) -> None:
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=self.autocast_dtype):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:
     """``resume_or_load`` with one clear error for a missing (or, with CheckedCheckpointer, unreadable) file.
 
@@ -114,7 +143,8 @@ def do_test(cfg, model: torch.nn.Module) -> Dict:
     if "evaluator" not in cfg.dataloader:
         return {}
     cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    with inference_autocast(cfg):
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process() and results:
         print_csv_format(results)
     return results
@@ -131,8 +161,14 @@ def do_train(cfg, *, resume: bool) -> None:
     train_loader = instantiate(cfg.dataloader.train)
 
     model = compat.create_ddp_model(model, **cfg.train.ddp)
-    use_amp = cfg.train.amp.enabled and torch.cuda.is_available()
-    trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(model, train_loader, optimizer)
+    cuda_amp = cfg.train.amp.enabled and torch.cuda.is_available()
+    cpu_dtype = None if cuda_amp else cpu_autocast_dtype(cfg)
+    if cuda_amp:
+        trainer = CheckedAMPTrainer(model, train_loader, optimizer)
+    elif cpu_dtype is not None:
+        trainer = CPUAutocastTrainer(model, train_loader, optimizer, dtype=cpu_dtype)
+    else:
+        trainer = CheckedSimpleTrainer(model, train_loader, optimizer)
     checkpointer = make_checkpointer(cfg, model, trainer=trainer)
     if comm.is_main_process():
         for name in remove_stale_temporary_files(cfg.train.output_dir):

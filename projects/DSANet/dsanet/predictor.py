@@ -4,6 +4,7 @@
 writes (``config.yaml``) or any project config, and applies the test loader's own
 augmentations, so an image goes through exactly what evaluation does to it.
 """
+import contextlib
 import os
 from typing import List, Optional
 
@@ -18,6 +19,7 @@ from .config import load_config
 from .data import register_datasets_for
 from .checkpoint import CheckedCheckpointer
 from .errors import UserInputError
+from .precision import cpu_autocast_dtype
 
 __all__ = ["Predictor", "load_model"]
 
@@ -47,6 +49,8 @@ class Predictor:
         self.cfg = load_config(config_file, list(opts))
         register_datasets_for(self.cfg)
         self.model = load_model(self.cfg, weights, device)
+        dtype = cpu_autocast_dtype(self.cfg)  # train.amp.enabled: bf16 on a CPU that has it
+        self.autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype is not None else contextlib.nullcontext
         test_mapper = self.cfg.dataloader.test.mapper
         self.augmentations = T.AugmentationList([instantiate(a) for a in test_mapper.get("augmentations", [])])
         self.input_format = self.model.input_format
@@ -68,4 +72,5 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Instances:
         """(H, W, 3) uint8 image in ``input_format`` -> Instances in the image's own coordinates, on CPU."""
         inputs = self.preprocess(image)
-        return self.model([inputs])[0]["instances"].to("cpu")
+        with self.autocast():
+            return self.model([inputs])[0]["instances"].to("cpu")

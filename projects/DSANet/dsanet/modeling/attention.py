@@ -52,8 +52,11 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     Returns:
         (N, L, C). Memory is quadratic in L.
     """
-    weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)  # (N, L, L)
-    return torch.bmm(weights, v)
+    scores = torch.bmm(q, k.transpose(1, 2)) * scale  # (N, L, L)
+    # Low-precision scores (bf16 autocast) get their softmax max and sum in fp32; fp32/fp64 stay.
+    stats = torch.float32 if scores.dtype in (torch.bfloat16, torch.float16) else scores.dtype
+    weights = torch.softmax(scores, dim=-1, dtype=stats)
+    return torch.bmm(weights.to(v.dtype), v)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -3,6 +3,7 @@
 The DSA module itself lives in the head (:class:`dsanet.modeling.head.DSARetinaNetHead`); this
 meta-architecture only handles the head's optional third output, the per-anchor confidence.
 """
+import contextlib
 from typing import Dict, List
 
 import torch
@@ -19,6 +20,19 @@ __all__ = ["DSANet", "fuse_scores"]
 # RetinaNet's loss-normaliser EMA (detectron2's DenseDetector._ema_update defaults).
 _EMA_MOMENTUM = 0.9
 _EMA_INITIAL = 100
+
+
+@contextlib.contextmanager
+def _fp32(predictions: List[List[torch.Tensor]]):
+    """The head's outputs in fp32, with autocast off, for what follows the network.
+
+    Under bf16 autocast (``train.amp.enabled`` on a CPU) the network runs in bf16; the losses, the
+    loss normaliser, the confidence target IoU, box decoding and NMS then run in fp32. Without
+    autocast this changes nothing (``float()`` of an fp32 tensor is the tensor itself).
+    """
+    device_type = predictions[0][0].device.type
+    with torch.autocast(device_type, enabled=False):
+        yield [[x.float() for x in per_level] for per_level in predictions]
 
 
 def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -93,6 +107,10 @@ class DSANet(RetinaNet):
     def forward_training(self, images: ImageList, features: List[torch.Tensor],
                          predictions: List[List[torch.Tensor]],
                          gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        with _fp32(predictions) as predictions:
+            return self._forward_training(images, features, predictions, gt_instances)
+
+    def _forward_training(self, images, features, predictions, gt_instances) -> Dict[str, torch.Tensor]:
         if not self.with_confidence:
             return super().forward_training(images, features, predictions, gt_instances)
         pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(
@@ -146,6 +164,10 @@ class DSANet(RetinaNet):
     def forward_inference(self, images: ImageList, features: List[torch.Tensor],
                           predictions: List[List[torch.Tensor]]) -> List[Instances]:
         """RetinaNet's inference with the fused score ranking, thresholding and driving NMS."""
+        with _fp32(predictions) as predictions:
+            return self._forward_inference(images, features, predictions)
+
+    def _forward_inference(self, images, features, predictions) -> List[Instances]:
         if not self.with_confidence:
             return super().forward_inference(images, features, predictions)
         pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(

@@ -1,0 +1,55 @@
+"""Mixed precision on CPUs: bf16 autocast where the processor multiplies bf16 in hardware.
+
+``train.amp.enabled=True`` means CUDA's fp16 AMP (detectron2's ``AMPTrainer``) on a GPU, and
+``torch.autocast("cpu", dtype=torch.bfloat16)`` on a CPU with native bf16 (AVX512-BF16 or AMX).
+On a CPU without it, bf16 would be emulated and slower than fp32, so the run stays fp32 and says
+so in one line: a config written on one machine still runs, unchanged, on another.
+"""
+import contextlib
+import logging
+import os
+from typing import Tuple
+
+import torch
+
+__all__ = ["FORCE_NO_BF16_ENV", "cpu_has_native_bf16", "cpu_autocast_dtype", "inference_autocast"]
+
+logger = logging.getLogger(__name__)
+
+# Set to 1 to act as if the CPU had no native bf16 (tests; comparing against fp32 on one machine).
+FORCE_NO_BF16_ENV = "DSANET_ASSUME_NO_NATIVE_BF16"
+
+
+def cpu_has_native_bf16() -> Tuple[bool, str]:
+    """Whether this CPU multiplies bf16 in hardware, and what was found, in words."""
+    if os.environ.get(FORCE_NO_BF16_ENV) == "1":
+        return False, f"{FORCE_NO_BF16_ENV}=1"
+    found = [name for name, probe in (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_tile", "_is_amx_tile_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    if not found:
+        return False, "neither avx512_bf16 nor amx_tile"
+    return True, " and ".join(found)
+
+
+def cpu_autocast_dtype(cfg) -> "torch.dtype | None":
+    """bf16 where ``cfg.train.amp.enabled`` asks for mixed precision on a CPU that has it, else None.
+
+    Logs one line either way when mixed precision is asked for on a CPU.
+    """
+    if not cfg.train.amp.enabled or str(cfg.train.device).startswith("cuda"):
+        return None
+    native, found = cpu_has_native_bf16()
+    if not native:
+        logger.warning("train.amp.enabled=True: this CPU has no native bf16 (%s), where bf16 is emulated "
+                       "and slower than fp32; running in fp32", found)
+        return None
+    logger.info("train.amp.enabled=True: bf16 autocast on CPU (%s)", found)
+    return torch.bfloat16
+
+
+def inference_autocast(cfg):
+    """The autocast context evaluation and prediction run under for ``cfg`` (CPU bf16 or nothing)."""
+    dtype = cpu_autocast_dtype(cfg)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
