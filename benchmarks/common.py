@@ -17,6 +17,7 @@ import resource
 import statistics
 import sys
 import time
+import subprocess
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,6 +28,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from tabulate import tabulate
 from torch import nn
+
+from dsanet.precision import cpu_has_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO_ROOT / "configs"
@@ -305,10 +308,52 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _flags_line(text: str, prefix: str) -> Optional[List[str]]:
+    """The words after ``prefix:`` on the first such line of ``text`` (case-insensitive), or None."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == prefix:
+            return value.split()
+    return None
+
+
+def cpu_flags(names: Sequence[str] = CPU_FLAGS) -> Dict[str, Any]:
+    """Which of ``names`` the CPU reports, read from /proc/cpuinfo (else ``lscpu``'s Flags line).
+
+    Returns {"source": "/proc/cpuinfo" | "lscpu" | None, flag: True/False for each name}; each flag
+    is None when neither source could be read: a flag is never assumed.
+    """
+    flags, source = None, None
+    try:
+        flags, source = _flags_line(Path("/proc/cpuinfo").read_text(), "flags"), "/proc/cpuinfo"
+    except OSError:
+        pass
+    if flags is None:
+        try:
+            output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+            flags, source = _flags_line(output, "flags"), "lscpu"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if flags is None:
+        return {"source": None, **{name: None for name in names}}
+    present = set(flags)
+    return {"source": source, **{name: name in present for name in names}}
+
+
 def machine_info(device: Union[str, torch.device]) -> Dict[str, Any]:
-    """What the numbers were measured on: CPU, torch, threads, device, current load."""
+    """What the numbers were measured on: CPU (model, flags, native bf16 as this project decides
+    it), torch, threads, device, current load."""
+    native_bf16, native_bf16_found = cpu_has_native_bf16()
     info = {
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_bf16,
+        "cpu_native_bf16_found": native_bf16_found,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -1,4 +1,5 @@
 """The benchmark helpers count and measure what they claim (no timings are asserted)."""
+import subprocess
 import sys
 from pathlib import Path
 
@@ -104,3 +105,24 @@ def test_executed_flops_count_padding_and_recomputation():
     assert attention.executed_flops("dense", "forward_backward", length) == 3 * math_forward
     assert attention.executed_flops("blockwise", "forward_backward", length) == 3 * math_forward + length ** 2 * d
     assert attention.executed_flops("sdpa_padded", "forward_backward", length) == 7 * length ** 2 * c
+
+
+def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatch):
+    real_read_text = Path.read_text
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_cpuinfo)
+    lscpu = "Architecture:  x86_64\nModel name:    Some CPU\nFlags:         fpu avx2 avx512f avx512_bf16\n"
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=lscpu))
+    assert common.cpu_flags() == {"source": "lscpu", "avx2": True, "avx512f": True, "avx512_bf16": True,
+                                  "amx_tile": False, "amx_bf16": False}
+
+    def no_lscpu(*args, **kwargs):
+        raise FileNotFoundError("lscpu")
+
+    monkeypatch.setattr(subprocess, "run", no_lscpu)
+    assert common.cpu_flags() == {"source": None, **{flag: None for flag in common.CPU_FLAGS}}
