@@ -1,9 +1,9 @@
 """Training-step time and inference latency of RetinaNet and the DSANet variants (R50), as ratios
-to RetinaNet, with each model's FLOP ratio beside them.
+to each model's baseline (RetinaNet; see common.MODELS), with each model's FLOP ratio beside them.
 
 All models live in one process and are timed in interleaved rounds (every round runs each model
 once, in turn), after one warm-up call each. Each time ratio is taken per round (model time over
-RetinaNet's time in the same round), and its median and min-max over the rounds are reported;
+its baseline's time in the same round), and its median and min-max over the rounds are reported;
 goals are judged on the median. On CPU: batch 1, fp32.
 On CUDA: batch 2 and 16 per GPU, fp32 and AMP (fp16 autocast, GradScaler), with peak memory.
 
@@ -142,34 +142,59 @@ def round_ratios(times: Sequence[float], base_times: Sequence[float]) -> List[fl
     return [t / b for t, b in zip(times, base_times) if b]
 
 
-def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]]) -> None:
-    """Add per-round time ratios against the baseline (median, min, max), FLOP ratios, and time
-    ratio / FLOP ratio (median, min, max), in place."""
-    base = results.get(common.BASELINE, {})
+def _add_spread(row: Dict[str, Any], key: str, values: List[float]) -> None:
+    """row[key] = median of ``values``; key_rounds, key_min, key_max beside it (None when empty)."""
+    row[f"{key}_rounds"] = values
+    row[key] = common.median(values)
+    row[f"{key}_min"], row[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
+
+
+RATIO_KEYS = (("train", "train_step_ratio"), ("inference", "inference_ratio"))
+
+
+def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]],
+               reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
+               models: Optional[Mapping[str, common.ModelSpec]] = None) -> None:
+    """Add per-round time ratios (median, min, max) against each model's baseline (its
+    ModelSpec.baseline in ``models``, default common.MODELS), in place.
+
+    With ``reference`` (e.g. the fp32 results of the same rounds, for bf16 results) the baseline's
+    times are taken from it; without, from ``results`` itself, and then the FLOP ratio and time
+    ratio / FLOP ratio (median, min, max) are added too (a FLOP ratio compares like with like only
+    within one precision).
+    """
+    models = common.check_models(models)
+    same_precision = reference is None
+    reference = results if reference is None else reference
     for name, row in results.items():
-        row["flop_ratio"] = flop_ratio = costs[name]["flop_ratio"]
-        for kind in ("train", "inference"):
-            key = "train_step_ratio" if kind == "train" else "inference_ratio"
-            ratios = round_ratios(row.get(f"{kind}_times_s", []), base.get(f"{kind}_times_s", []))
-            row[f"{key}_rounds"] = ratios
-            row[key] = common.median(ratios)
-            row[f"{key}_min"], row[f"{key}_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
-            for stat in ("", "_min", "_max"):
-                row[f"{key}_over_flop_ratio{stat}"] = common.ratio(row[f"{key}{stat}"], flop_ratio)
+        baseline = models[name].baseline
+        base = reference.get(baseline, {})
+        row["baseline"] = baseline
+        if same_precision:
+            row["flop_ratio"] = costs[name]["flop_ratio"]
+        for kind, key in RATIO_KEYS:
+            _add_spread(row, key, round_ratios(row.get(f"{kind}_times_s", []), base.get(f"{kind}_times_s", [])))
+            if same_precision:
+                for stat in ("", "_min", "_max"):
+                    row[f"{key}_over_flop_ratio{stat}"] = common.ratio(row[f"{key}{stat}"], row["flop_ratio"])
 
 
-def evaluate_goals(results: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def evaluate_goals(results: Mapping[str, Mapping[str, Any]],
+                   models: Optional[Mapping[str, common.ModelSpec]] = None) -> List[Dict[str, Any]]:
     """The PASS/FAIL goals, on the medians of the per-round ratios: DSANet at most DSANET_GOAL
-    times RetinaNet; every time ratio at most FLOP_GOAL times its FLOP ratio."""
+    times its baseline (RetinaNet); every model that is not a baseline: each time ratio at most
+    FLOP_GOAL times its FLOP ratio."""
+    models = common.check_models(models)
     goals = []
     dsanet = results.get("DSANet", {})
+    dsanet_baseline = models["DSANet"].baseline if "DSANet" in models else common.BASELINE
     for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
         value = dsanet.get(key)
-        goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x RetinaNet", "value": value,
+        goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x {dsanet_baseline}", "value": value,
                       "min": dsanet.get(f"{key}_min"), "max": dsanet.get(f"{key}_max"),
                       "pass": value is not None and value <= DSANET_GOAL})
     for name, row in results.items():
-        if name == common.BASELINE:
+        if name == models[name].baseline:
             continue
         for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
             value = row.get(f"{key}_over_flop_ratio")
@@ -180,23 +205,31 @@ def evaluate_goals(results: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, A
     return goals
 
 
+def _several_baselines(results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when the rows' ratios are against more than one baseline (the tables then name it)."""
+    return len({row.get("baseline") for row in results.values() if "baseline" in row}) > 1
+
+
 def print_results(title: str, results: Mapping[str, Mapping[str, Any]], memory: bool) -> None:
-    """One row per model: median seconds, per-round ratios to RetinaNet as median (min-max), FLOP
-    ratio, time ratio / FLOP ratio (and memory)."""
+    """One row per model: median seconds, per-round ratios to its baseline as median (min-max),
+    FLOP ratio, time ratio / FLOP ratio (and memory); a baseline column when there are several."""
     print(f"\n{title}")
-    headers = ["model", "train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
-               "train/FLOP", "infer/FLOP"]
+    several = _several_baselines(results)
+    headers = ["model"] + (["baseline"] if several else []) + [
+        "train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
+        "train/FLOP", "infer/FLOP"]
     if memory:
         headers += ["train peak MiB", "infer peak MiB"]
     rows = []
     for name, row in results.items():
+        first = [name] + ([row.get("baseline")] if several else [])
         if "error" in row:
-            rows.append([name, row["error"]] + [None] * (len(headers) - 2))
+            rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
             continue
-        line = [name, common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
-                common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
-                common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
-                _spread(row, "inference_ratio_over_flop_ratio")]
+        line = first + [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
+                        common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
+                        common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
+                        _spread(row, "inference_ratio_over_flop_ratio")]
         if memory:
             line += [common.fmt(row.get("train_peak_mib"), 0), common.fmt(row.get("inference_peak_mib"), 0)]
         rows.append(line)
@@ -212,7 +245,7 @@ def default_repeats(quick: bool, device: str) -> Tuple[Dict[str, int], Dict[str,
     """(train, inference) timed repeats per model, after one warm-up call each.
 
     Quick: 2 each (a smoke run; its spreads mean little). Full on CPU: 5 rounds each (at least
-    MIN_ROUNDS), about 5 minutes on 2 idle cores. CUDA: 10 training steps and 20 inferences.
+    MIN_ROUNDS). CUDA: 10 training steps and 20 inferences.
     """
     if quick:
         return {n: 2 for n in common.MODELS}, {n: 2 for n in common.MODELS}
@@ -235,9 +268,12 @@ def run(output: Path, quick: bool = False, device: str = "cpu",
     if costs is None:
         costs = model_cost.run(output, quick=quick)["models"]
     train_repeats, inference_repeats = default_repeats(quick, device)
-    runners = [build_runner(name, config, device) for name, config in common.MODELS.items()]
+    models = common.check_models()
+    baseline = common.baseline_label(models)
+    runners = [build_runner(name, spec.config, device) for name, spec in models.items()]
     result: Dict[str, Any] = {"image_size": list(image_size), "quick": quick, "device": device, "lr": LR,
                               "train_repeats": train_repeats, "inference_repeats": inference_repeats,
+                              "baselines": {name: spec.baseline for name, spec in models.items()},
                               "warning": busy}
 
     if common.is_cuda(device):
@@ -250,7 +286,7 @@ def run(output: Path, quick: bool = False, device: str = "cpu",
                 print(f"  measuring {key} ...", flush=True)
                 results = measure(runners, batch, device, train_repeats=train_repeats,
                                   inference_repeats=inference_repeats, amp=(precision == "amp"), memory=True)
-                add_ratios(results, costs)
+                add_ratios(results, costs, models=models)
                 result["gpu"][key] = results
                 print_results(f"== {device} ({torch.cuda.get_device_name(device)}), batch {batch_size} per GPU, "
                               f"{precision}, {image_size[0]}x{image_size[1]}; peak = max_memory_allocated over "
@@ -262,14 +298,14 @@ def run(output: Path, quick: bool = False, device: str = "cpu",
               flush=True)
         batch = common.synthetic_batch(image_size, 1, device=device)
         main = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats)
-        add_ratios(main, costs)
+        add_ratios(main, costs, models=models)
         result["cpu"] = main
         result["gpu"] = "skipped: no CUDA device (torch.cuda.is_available() is False)"
-        print_results("median seconds; per-round ratios against RetinaNet: median (min-max)", main, memory=False)
+        print_results(f"median seconds; per-round ratios against {baseline}: median (min-max)", main, memory=False)
         print("GPU measurements (batch 2 and 16, fp32 and AMP, max_memory_allocated): skipped, no CUDA device")
         main_label = "cpu batch 1 fp32"
 
-    goals = evaluate_goals(main)
+    goals = evaluate_goals(main, models)
     result.update(main=main_label, goals=goals, machine=common.machine_info(device),
                   elapsed_s=time.perf_counter() - started)
     print(f"\nGoals ({main_label}):")

@@ -107,6 +107,43 @@ def test_executed_flops_count_padding_and_recomputation():
     assert attention.executed_flops("sdpa_padded", "forward_backward", length) == 7 * length ** 2 * c
 
 
+# Two model families as the FCOS configs will add them: every ratio of a model is against its own baseline.
+FAMILIES = {"RetinaNet": common.ModelSpec("r.py"), "DSANet": common.ModelSpec("d.py"),
+            "FCOS": common.ModelSpec("f.py", baseline="FCOS"), "DSA-FCOS": common.ModelSpec("df.py", baseline="FCOS")}
+
+
+def test_every_ratio_is_against_the_models_own_baseline():
+    costs = {"RetinaNet": {"flops": 100, "params": 10}, "DSANet": {"flops": 110, "params": 11},
+             "FCOS": {"flops": 200, "params": 20}, "DSA-FCOS": {"flops": 250, "params": 22}}
+    model_cost.add_cost_ratios(costs, FAMILIES)
+    assert [costs[n]["flop_ratio"] for n in FAMILIES] == pytest.approx([1.0, 1.1, 1.0, 1.25])
+    assert costs["DSA-FCOS"]["param_ratio"] == pytest.approx(1.1) and costs["DSA-FCOS"]["baseline"] == "FCOS"
+    results = {"RetinaNet": {"train_times_s": [1.0, 1.0], "inference_times_s": [1.0, 1.0]},
+               "DSANet": {"train_times_s": [1.1, 1.2], "inference_times_s": [1.0, 1.0]},
+               "FCOS": {"train_times_s": [2.0, 4.0], "inference_times_s": [2.0, 2.0]},
+               "DSA-FCOS": {"train_times_s": [3.0, 4.4], "inference_times_s": [2.2, 2.2]}}
+    speed.add_ratios(results, costs, models=FAMILIES)
+    assert results["DSA-FCOS"]["train_step_ratio_rounds"] == pytest.approx([1.5, 1.1])  # over FCOS, per round
+    assert results["DSA-FCOS"]["inference_ratio"] == pytest.approx(1.1)
+    assert results["DSA-FCOS"]["inference_ratio_over_flop_ratio"] == pytest.approx(1.1 / 1.25)
+    assert results["FCOS"]["train_step_ratio"] == pytest.approx(1.0) and results["FCOS"]["baseline"] == "FCOS"
+    assert results["DSANet"]["train_step_ratio_rounds"] == pytest.approx([1.1, 1.2])
+    goals = [g["goal"] for g in speed.evaluate_goals(results, FAMILIES)]
+    assert any(g.startswith("DSA-FCOS training step time ratio") for g in goals)
+    assert not any(g.startswith(("FCOS ", "RetinaNet ")) for g in goals)  # a baseline has no FLOP goal
+    assert common.baselines(FAMILIES) == ["RetinaNet", "FCOS"]
+    assert common.baseline_label(FAMILIES) == "each model's baseline" and common.baseline_label() == "RetinaNet"
+
+
+def test_a_baseline_must_be_a_compared_model_that_is_its_own_baseline():
+    with pytest.raises(ValueError, match="'FCOS' is not a compared model"):
+        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
+    with pytest.raises(ValueError, match="not its own baseline"):
+        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "FCOS": common.ModelSpec("f.py"),
+                             "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
+    assert common.check_models() is common.MODELS
+
+
 def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatch):
     real_read_text = Path.read_text
 
