@@ -17,16 +17,20 @@ import resource
 import statistics
 import sys
 import time
+import subprocess
 import traceback
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.structures import Boxes, Instances
 from tabulate import tabulate
 from torch import nn
+
+from dsanet.precision import cpu_has_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO_ROOT / "configs"
@@ -35,15 +39,32 @@ MiB = 2 ** 20
 FULL_IMAGE_SIZE: Tuple[int, int] = (800, 1333)
 QUICK_IMAGE_SIZE: Tuple[int, int] = (256, 416)  # --quick: about 10x fewer pixels than 800x1333
 
-# The compared models, by the names summary.json uses. Every ratio is against BASELINE.
+# The default baseline: a model's time and FLOP ratios are against its ModelSpec.baseline.
 BASELINE = "RetinaNet"
-MODELS: Dict[str, str] = {
-    "RetinaNet": "COCO-Detection/retinanet_R_50_FPN_1x.py",
-    "RetinaNet-Conf": "COCO-Detection/retinanet_conf_R_50_FPN_1x.py",
-    "DSANet": "COCO-Detection/dsanet_R_50_FPN_1x.py",
-    "DSANet-Conf": "COCO-Detection/dsanet_conf_R_50_FPN_1x.py",
-    "DSANet-P3half": "Ablations/dsanet_p3half_k1_R_50_FPN_1x.py",
-    "DSANet-P3-P7": "Ablations/dsanet_self_p3-p7_R_50_FPN_1x.py",
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A compared model: its config (relative to configs/) and the model its ratios are against.
+
+    A baseline is itself a model of :data:`MODELS` whose baseline is its own name.
+    """
+
+    config: str
+    baseline: str = BASELINE
+
+
+# The compared models, by the names summary.json uses. A new family is two lines, its baseline
+# (against itself) and its variant, e.g.
+#   "FCOS": ModelSpec("COCO-Detection/fcos_R_50_FPN_1x.py", baseline="FCOS"),
+#   "DSA-FCOS": ModelSpec("COCO-Detection/dsa_fcos_R_50_FPN_1x.py", baseline="FCOS"),
+MODELS: Dict[str, ModelSpec] = {
+    "RetinaNet": ModelSpec("COCO-Detection/retinanet_R_50_FPN_1x.py"),
+    "RetinaNet-Conf": ModelSpec("COCO-Detection/retinanet_conf_R_50_FPN_1x.py"),
+    "DSANet": ModelSpec("COCO-Detection/dsanet_R_50_FPN_1x.py"),
+    "DSANet-Conf": ModelSpec("COCO-Detection/dsanet_conf_R_50_FPN_1x.py"),
+    "DSANet-P3half": ModelSpec("Ablations/dsanet_p3half_k1_R_50_FPN_1x.py"),
+    "DSANet-P3-P7": ModelSpec("Ablations/dsanet_self_p3-p7_R_50_FPN_1x.py"),
 }
 
 # glibc raises its mmap threshold after the first large free(), after which freed tensors stay
@@ -53,6 +74,33 @@ MODELS: Dict[str, str] = {
 # follows the bytes actually live. 128 KiB is glibc's initial threshold.
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 MMAP_THRESHOLD = 128 * 1024
+
+
+
+
+def check_models(models: Optional[Mapping[str, ModelSpec]] = None) -> Mapping[str, ModelSpec]:
+    """``models`` (default :data:`MODELS`) after checking that every baseline is one of them and is
+    its own baseline (ratios are one step from a baseline, never a chain); ValueError otherwise."""
+    models = MODELS if models is None else models
+    for name, spec in models.items():
+        base = models.get(spec.baseline)
+        if base is None:
+            raise ValueError(f"{name}: baseline {spec.baseline!r} is not a compared model ({', '.join(models)})")
+        if base.baseline != spec.baseline:
+            raise ValueError(f"{name}: baseline {spec.baseline!r} is not its own baseline (it has {base.baseline!r})")
+    return models
+
+
+def baselines(models: Optional[Mapping[str, ModelSpec]] = None) -> List[str]:
+    """The distinct baselines of ``models`` (default :data:`MODELS`), in model order."""
+    models = check_models(models)
+    return list(dict.fromkeys(spec.baseline for spec in models.values()))
+
+
+def baseline_label(models: Optional[Mapping[str, ModelSpec]] = None) -> str:
+    """"RetinaNet" when all models share one baseline, else "each model's baseline" (for titles)."""
+    found = baselines(models)
+    return found[0] if len(found) == 1 else "each model's baseline"
 
 
 # --------------------------------------------------------------------------- devices and timing
@@ -82,13 +130,13 @@ def time_call(fn: Callable[[], Any], device: Union[str, torch.device]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(calls: Mapping[str, Callable[[], Any]], repeats: Union[int, Mapping[str, int]],
-                      device: Union[str, torch.device], warmup: int = 1) -> Dict[str, List[float]]:
+def interleaved_times(calls: Mapping[Hashable, Callable[[], Any]], repeats: Union[int, Mapping[Hashable, int]],
+                      device: Union[str, torch.device], warmup: int = 1) -> Dict[Hashable, List[float]]:
     """Time several calls in rounds, ABAB... rather than AAA...BBB..., so that a slow drift of the
     machine (another job, thermal state, allocator growth) spreads over all of them alike.
 
     Args:
-        calls: name -> zero-argument callable.
+        calls: name (any hashable key) -> zero-argument callable, run in this order in each round.
         repeats: timed rounds, one count for all or per name; a name with fewer repeats than
             others sits out the later rounds (for slow calls).
         warmup: untimed calls of each before the first round (kernel loading, allocator growth).
@@ -100,7 +148,7 @@ def interleaved_times(calls: Mapping[str, Callable[[], Any]], repeats: Union[int
         for fn in calls.values():
             fn()
             synchronize(device)
-    times: Dict[str, List[float]] = {name: [] for name in calls}
+    times: Dict[Hashable, List[float]] = {name: [] for name in calls}
     for round_index in range(max(counts.values(), default=0)):
         for name, fn in calls.items():
             if round_index < counts[name]:
@@ -305,10 +353,52 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _flags_line(text: str, prefix: str) -> Optional[List[str]]:
+    """The words after ``prefix:`` on the first such line of ``text`` (case-insensitive), or None."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == prefix:
+            return value.split()
+    return None
+
+
+def cpu_flags(names: Sequence[str] = CPU_FLAGS) -> Dict[str, Any]:
+    """Which of ``names`` the CPU reports, read from /proc/cpuinfo (else ``lscpu``'s Flags line).
+
+    Returns {"source": "/proc/cpuinfo" | "lscpu" | None, flag: True/False for each name}; each flag
+    is None when neither source could be read: a flag is never assumed.
+    """
+    flags, source = None, None
+    try:
+        flags, source = _flags_line(Path("/proc/cpuinfo").read_text(), "flags"), "/proc/cpuinfo"
+    except OSError:
+        pass
+    if flags is None:
+        try:
+            output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+            flags, source = _flags_line(output, "flags"), "lscpu"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if flags is None:
+        return {"source": None, **{name: None for name in names}}
+    present = set(flags)
+    return {"source": source, **{name: name in present for name in names}}
+
+
 def machine_info(device: Union[str, torch.device]) -> Dict[str, Any]:
-    """What the numbers were measured on: CPU, torch, threads, device, current load."""
+    """What the numbers were measured on: CPU (model, flags, native bf16 as this project decides
+    it), torch, threads, device, current load."""
+    native_bf16, native_bf16_found = cpu_has_native_bf16()
     info = {
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_bf16,
+        "cpu_native_bf16_found": native_bf16_found,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -1,4 +1,5 @@
-"""Parameters and FLOPs (fvcore) of RetinaNet and the DSANet variants at R50, for one image.
+"""Parameters and FLOPs (fvcore) of RetinaNet and the DSANet variants at R50, for one image,
+with each model's ratios against its baseline (common.MODELS).
 
 fvcore counts one multiply-add as one flop. PyTorch's fused attention op
 (``aten::scaled_dot_product_attention``) and the blockwise attention Function are unknown to
@@ -22,7 +23,7 @@ import math
 import time
 import warnings
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -199,14 +200,12 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
     image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
     print(f"\n== Parameters and FLOPs, R50, one {image_size[0]}x{image_size[1]} image "
           f"(fvcore: 1 multiply-add = 1 flop; attention counted as softmax(QK^T)V matmuls) ==", flush=True)
+    models = common.check_models()
     costs: Dict[str, Dict[str, Any]] = {}
-    for name, config in common.MODELS.items():
-        costs[name] = model_cost(config, image_size)
-        costs[name]["config"] = config
-    base = costs[common.BASELINE]
-    for cost in costs.values():
-        cost["flop_ratio"] = cost["flops"] / base["flops"]
-        cost["param_ratio"] = cost["params"] / base["params"]
+    for name, spec in models.items():
+        costs[name] = model_cost(spec.config, image_size)
+        costs[name]["config"] = spec.config
+    add_cost_ratios(costs, models)
     print_table(costs)
     result = {"image_size": list(image_size), "quick": quick, "flop_unit": "multiply-add (fvcore)",
               "models": costs, "machine": common.machine_info("cpu"), "elapsed_s": time.perf_counter() - started}
@@ -215,17 +214,32 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
     return result
 
 
+def add_cost_ratios(costs: Dict[str, Dict[str, Any]],
+                    models: Optional[Mapping[str, common.ModelSpec]] = None) -> None:
+    """Add each model's ``baseline`` name, ``flop_ratio`` and ``param_ratio`` (against that
+    baseline's flops and params, see :class:`common.ModelSpec`) to its ``costs`` entry, in place."""
+    models = common.check_models(models)
+    for name, cost in costs.items():
+        base = costs[models[name].baseline]
+        cost["baseline"] = models[name].baseline
+        cost["flop_ratio"] = cost["flops"] / base["flops"]
+        cost["param_ratio"] = cost["params"] / base["params"]
+
+
 def print_table(costs: Dict[str, Dict[str, Any]]) -> None:
-    """One row per model: params, GFLOPs, ratios, and the attention's share."""
+    """One row per model: params, GFLOPs, ratios, and the attention's share (and each model's
+    baseline when not all share one)."""
+    several = len({cost["baseline"] for cost in costs.values()}) > 1
     rows = []
     for name, cost in costs.items():
         ops = cost["flops_by_operator"]
         attention = sum(ops.get(op, 0) for op in ATTENTION_OPERATORS)  # whichever path ran
-        rows.append([name, common.fmt(cost["params"] / 1e6, 2), common.fmt(cost["param_ratio"], 3),
+        rows.append([name] + ([cost["baseline"]] if several else []) +
+                    [common.fmt(cost["params"] / 1e6, 2), common.fmt(cost["param_ratio"], 3),
                      common.fmt(cost["flops"] / 1e9, 1), common.fmt(cost["flop_ratio"], 3),
                      common.fmt(attention / 1e9, 1)])
-    print(common.format_table(["model", "params (M)", "param ratio", "GFLOPs", "FLOP ratio",
-                               "attention GFLOPs"], rows))
+    print(common.format_table(["model"] + (["baseline"] if several else []) +
+                              ["params (M)", "param ratio", "GFLOPs", "FLOP ratio", "attention GFLOPs"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

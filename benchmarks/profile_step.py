@@ -58,7 +58,7 @@ def _inside_attention_or_backward(event) -> bool:
 
 def profile_train_step(name: str, image_size, device: str = "cpu") -> Dict[str, Any]:
     """Warm up, then profile one training step of ``name`` (a key of common.MODELS)."""
-    runner = speed.build_runner(name, common.MODELS[name], device)
+    runner = speed.build_runner(name, common.MODELS[name].config, device)
     batch = common.synthetic_batch(image_size, 1, device=device)
     speed.train_step(runner, batch, device)  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if common.is_cuda(device) else [])

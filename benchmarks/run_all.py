@@ -2,9 +2,12 @@
 
     python benchmarks/run_all.py --output output/bench [--quick]
 
-summary.json maps each model name to its params, flops, flop_ratio, and train_step_ratio and
-inference_ratio (against RetinaNet R50: the median of per-round ratios, with their min-max spread
-and the ratio over the FLOP ratio), plus the goals, the P3 memory budget and the machine.
+summary.json maps each model name to its baseline, params, flops, flop_ratio, and train_step_ratio
+and inference_ratio (against its baseline, RetinaNet R50 for every model today: the median of
+per-round ratios, with their min-max spread and the ratio over the FLOP ratio), fp32; on a CPU
+with native bf16 also its "bf16" entry (bf16 autocast time ratios against the fp32 baseline and
+its bf16 speed-up over its own fp32 time, per round); plus the goals (fp32), the P3 memory
+budget and the machine (CPU model and flags).
 """
 from __future__ import annotations
 
@@ -24,20 +27,41 @@ def build_summary(costs: Mapping[str, Any], speed_result: Mapping[str, Any], dev
                   settings: Mapping[str, Any]) -> Dict[str, Any]:
     """summary.json: per model params/flops/ratios, the goals, and machine information."""
     main = speed_result["cpu"] if isinstance(speed_result["cpu"], dict) else speed_result["gpu"]["batch2_fp32"]
+    bf16 = speed_result.get("cpu_bf16")
     models = {}
-    for name in common.MODELS:
+    for name, spec in common.check_models().items():
         cost, timing = costs["models"][name], main.get(name, {})
-        models[name] = {"params": cost["params"], "flops": cost["flops"], "flop_ratio": cost["flop_ratio"]}
+        models[name] = {"baseline": spec.baseline, "params": cost["params"], "flops": cost["flops"],
+                        "flop_ratio": cost["flop_ratio"]}
         for key in ("train_step_ratio", "inference_ratio"):
+            models[name].update(_spread(timing, key))
             models[name].update({
-                key: timing.get(key), f"{key}_spread": [timing.get(f"{key}_min"), timing.get(f"{key}_max")],
-                f"{key}_rounds": len(timing.get(f"{key}_rounds", [])),
                 f"{key}_over_flop_ratio": timing.get(f"{key}_over_flop_ratio"),
                 f"{key}_over_flop_ratio_spread": [timing.get(f"{key}_over_flop_ratio_min"),
                                                   timing.get(f"{key}_over_flop_ratio_max")]})
+        if isinstance(bf16, dict):
+            row = bf16.get(name, {})
+            models[name]["bf16"] = {"train_s": row.get("train_s"), "inference_s": row.get("inference_s")}
+            for key in ("train_step_ratio", "inference_ratio", "train_speedup", "inference_speedup"):
+                models[name]["bf16"].update(_spread(row, key))
     return {"models": models, "baseline": common.BASELINE, "flop_unit": costs["flop_unit"],
             "image_size": costs["image_size"], "timing": speed_result["main"],
-            "goals": speed_result["goals"], "machine": common.machine_info(device), **settings}
+            "bf16": _bf16_note(bf16), "goals": speed_result["goals"],
+            "machine": common.machine_info(device), **settings}
+
+
+def _spread(row: Mapping[str, Any], key: str) -> Dict[str, Any]:
+    """key (the median), key_spread [min, max] and key_rounds (how many rounds) of a speed row."""
+    return {key: row.get(key), f"{key}_spread": [row.get(f"{key}_min"), row.get(f"{key}_max")],
+            f"{key}_rounds": len(row.get(f"{key}_rounds", []))}
+
+
+def _bf16_note(bf16: Any) -> str:
+    """What the models' "bf16" entries are, or why there are none (the speed run's skip reason)."""
+    if isinstance(bf16, dict):
+        return ("measured: CPU bf16 autocast in the fp32 rounds; per model, train_step_ratio and inference_ratio "
+                "against its fp32 baseline, train_speedup and inference_speedup = its fp32 time / its bf16 time")
+    return bf16 or "not measured"
 
 
 def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any]:

@@ -1,10 +1,15 @@
 """Training-step time and inference latency of RetinaNet and the DSANet variants (R50), as ratios
-to RetinaNet, with each model's FLOP ratio beside them.
+to each model's baseline (RetinaNet; see common.MODELS), with each model's FLOP ratio beside them.
 
 All models live in one process and are timed in interleaved rounds (every round runs each model
 once, in turn), after one warm-up call each. Each time ratio is taken per round (model time over
-RetinaNet's time in the same round), and its median and min-max over the rounds are reported;
-goals are judged on the median. On CPU: batch 1, fp32.
+its baseline's time in the same round), and its median and min-max over the rounds are reported;
+goals are judged on the median, in fp32.
+On CPU: batch 1, fp32, and where the CPU has native bf16 (dsanet.precision.cpu_has_native_bf16)
+also bf16 autocast (weights and SGD in fp32, no grad scaler), each model's fp32 and bf16 calls
+interleaved in the same rounds: bf16 times as ratios to the fp32 baseline, and each model's
+bf16 speed-up (its fp32 time over its bf16 time, per round). Without native bf16 the bf16
+columns are skipped with a one-line reason (emulated bf16 runs slower than fp32).
 On CUDA: batch 2 and 16 per GPU, fp32 and AMP (fp16 autocast, GradScaler), with peak memory.
 
     python benchmarks/speed.py --output output/bench [--quick]
@@ -29,6 +34,7 @@ from detectron2.utils.events import EventStorage
 from torch import nn
 
 from benchmarks import common, model_cost
+from dsanet.precision import cpu_has_native_bf16
 
 # The optimizer is the configs' SGD (its parameter groups, momentum, weight decay), with a tiny lr:
 # a step costs the same whatever the lr, and a randomly initialised detector trained at lr 0.01 can
@@ -39,6 +45,7 @@ FLOP_GOAL = 1.15  # every time ratio at most 1.15x its FLOP ratio
 MIN_ROUNDS = 3  # every time ratio comes from at least this many interleaved rounds (full runs)
 GPU_BATCH_SIZES = (2, 16)
 GPU_PRECISIONS = ("fp32", "amp")
+CPU_BF16 = "bf16"  # the CPU's mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 @dataclass
@@ -61,20 +68,28 @@ def build_runner(name: str, config: str, device: str) -> Runner:
     return Runner(name, model, instantiate(cfg.optimizer))
 
 
-def _autocast(device: str, amp: bool):
-    """fp16 autocast on CUDA when ``amp``, else nothing."""
-    return torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+def _autocast(device: str, precision: str):
+    """The autocast context of a precision: "amp" is fp16 autocast on CUDA (with a GradScaler),
+    "bf16" bf16 autocast on ``device``'s type (no scaler), "fp32" nothing."""
+    if precision == "amp":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision == CPU_BF16:
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"unknown precision {precision!r} (fp32, amp or {CPU_BF16})")
 
 
-def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, amp: bool = False) -> None:
-    """One SGD iteration: forward with losses, backward, optimizer step (train mode)."""
+def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, precision: str = "fp32") -> None:
+    """One SGD iteration: forward with losses (under ``precision``'s autocast), backward, optimizer
+    step (train mode). Weights, gradients and the optimizer stay fp32 in every precision."""
     model, optimizer = runner.model, runner.optimizer
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with EventStorage(), _autocast(device, amp):  # detectron2's losses log to an event storage
+    with EventStorage(), _autocast(device, precision):  # detectron2's losses log to an event storage
         losses = model(batch)
     loss = sum(losses.values())
-    if amp:
+    if precision == "amp":
         runner.scaler.scale(loss).backward()
         runner.scaler.step(optimizer)
         runner.scaler.update()
@@ -83,55 +98,64 @@ def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, amp: bo
         optimizer.step()
 
 
-def inference(runner: Runner, images: List[Dict[str, Any]], device: str, amp: bool = False) -> None:
-    """Detections for a batch of images (eval mode, no_grad), post-processing included."""
+def inference(runner: Runner, images: List[Dict[str, Any]], device: str, precision: str = "fp32") -> None:
+    """Detections for a batch of images (eval mode, no_grad, under ``precision``'s autocast),
+    post-processing included."""
     runner.model.eval()
-    with torch.no_grad(), _autocast(device, amp):
+    with torch.no_grad(), _autocast(device, precision):
         runner.model(images)
 
 
 def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str, *,
-            train_repeats: Mapping[str, int], inference_repeats: Mapping[str, int], amp: bool = False,
-            memory: bool = False) -> Dict[str, Dict[str, Any]]:
-    """Interleaved, warmed-up timings (and on CUDA peak memory) of every runner, train and inference.
+            train_repeats: Mapping[str, int], inference_repeats: Mapping[str, int],
+            precisions: Sequence[str] = ("fp32",), memory: bool = False) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Interleaved, warmed-up timings (and on CUDA peak memory) of every runner in every precision,
+    train and inference.
 
+    Each round runs every model once in each precision, a model's precisions one after another
+    (RetinaNet fp32, RetinaNet bf16, RetinaNet-Conf fp32, ...), so that all of a round's times
+    share the machine's conditions. The precisions of a model share its weights and optimizer.
     A model that runs out of memory in its warm-up is reported as "OOM" and left out of the rounds.
     Returns:
-        name -> {"train_s", "train_times_s", "inference_s", "inference_times_s", ["train_peak_mib",
-        "inference_peak_mib"] | "error"}.
+        precision -> name -> {"train_s", "train_times_s", "inference_s", "inference_times_s",
+        ["train_peak_mib", "inference_peak_mib"] | "error"}.
     """
     images = [{"image": item["image"]} for item in batch]
-    results: Dict[str, Dict[str, Any]] = {r.name: {} for r in runners}
-    train_calls: Dict[str, Callable[[], None]] = {}
-    inference_calls: Dict[str, Callable[[], None]] = {}
+    results = {precision: {r.name: {} for r in runners} for precision in precisions}
+    train_calls: Dict[Tuple[str, str], Callable[[], None]] = {}
+    inference_calls: Dict[Tuple[str, str], Callable[[], None]] = {}
     for runner in runners:
-        if amp and runner.scaler is None:
-            runner.scaler = torch.amp.GradScaler("cuda")
-        train = functools.partial(train_step, runner, batch, device, amp)
-        infer = functools.partial(inference, runner, images, device, amp)
-        try:  # warm-up here (not in interleaved_times) so that an out-of-memory model is skipped alone
-            train()
-            infer()
-            common.synchronize(device)
-            out_of_memory = False
-        except torch.cuda.OutOfMemoryError:
-            out_of_memory = True
-        if out_of_memory:  # outside the except block, whose traceback still holds the tensors
-            results[runner.name] = {"error": "OOM"}
-            runner.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            continue
-        train_calls[runner.name], inference_calls[runner.name] = train, infer
+        for precision in precisions:
+            if precision == "amp" and runner.scaler is None:
+                runner.scaler = torch.amp.GradScaler("cuda")
+            train = functools.partial(train_step, runner, batch, device, precision)
+            infer = functools.partial(inference, runner, images, device, precision)
+            try:  # warm-up here (not in interleaved_times) so that an out-of-memory model is skipped alone
+                train()
+                infer()
+                common.synchronize(device)
+                out_of_memory = False
+            except torch.cuda.OutOfMemoryError:
+                out_of_memory = True
+            if out_of_memory:  # outside the except block, whose traceback still holds the tensors
+                results[precision][runner.name] = {"error": "OOM"}
+                runner.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                continue
+            train_calls[runner.name, precision], inference_calls[runner.name, precision] = train, infer
 
-    train_times = common.interleaved_times(train_calls, dict(train_repeats), device, warmup=0)
-    inference_times = common.interleaved_times(inference_calls, dict(inference_repeats), device, warmup=0)
-    for name in train_calls:
-        results[name].update(train_s=common.median(train_times[name]), train_times_s=train_times[name],
-                             inference_s=common.median(inference_times[name]),
-                             inference_times_s=inference_times[name])
+    train_times = common.interleaved_times(train_calls, {key: train_repeats[key[0]] for key in train_calls},
+                                           device, warmup=0)
+    inference_times = common.interleaved_times(
+        inference_calls, {key: inference_repeats[key[0]] for key in inference_calls}, device, warmup=0)
+    for key in train_calls:
+        name, precision = key
+        row = results[precision][name]
+        row.update(train_s=common.median(train_times[key]), train_times_s=train_times[key],
+                   inference_s=common.median(inference_times[key]), inference_times_s=inference_times[key])
         if memory:
-            results[name]["train_peak_mib"] = common.peak_extra_memory(train_calls[name], device) / common.MiB
-            results[name]["inference_peak_mib"] = common.peak_extra_memory(inference_calls[name], device) / common.MiB
+            row["train_peak_mib"] = common.peak_extra_memory(train_calls[key], device) / common.MiB
+            row["inference_peak_mib"] = common.peak_extra_memory(inference_calls[key], device) / common.MiB
     if common.is_cuda(device):
         torch.cuda.empty_cache()
     return results
@@ -142,34 +166,70 @@ def round_ratios(times: Sequence[float], base_times: Sequence[float]) -> List[fl
     return [t / b for t, b in zip(times, base_times) if b]
 
 
-def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]]) -> None:
-    """Add per-round time ratios against the baseline (median, min, max), FLOP ratios, and time
-    ratio / FLOP ratio (median, min, max), in place."""
-    base = results.get(common.BASELINE, {})
+def _add_spread(row: Dict[str, Any], key: str, values: List[float]) -> None:
+    """row[key] = median of ``values``; key_rounds, key_min, key_max beside it (None when empty)."""
+    row[f"{key}_rounds"] = values
+    row[key] = common.median(values)
+    row[f"{key}_min"], row[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
+
+
+RATIO_KEYS = (("train", "train_step_ratio"), ("inference", "inference_ratio"))
+
+
+def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]],
+               reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
+               models: Optional[Mapping[str, common.ModelSpec]] = None) -> None:
+    """Add per-round time ratios (median, min, max) against each model's baseline (its
+    ModelSpec.baseline in ``models``, default common.MODELS), in place.
+
+    With ``reference`` (e.g. the fp32 results of the same rounds, for bf16 results) the baseline's
+    times are taken from it; without, from ``results`` itself, and then the FLOP ratio and time
+    ratio / FLOP ratio (median, min, max) are added too (a FLOP ratio compares like with like only
+    within one precision).
+    """
+    models = common.check_models(models)
+    same_precision = reference is None
+    reference = results if reference is None else reference
     for name, row in results.items():
-        row["flop_ratio"] = flop_ratio = costs[name]["flop_ratio"]
+        baseline = models[name].baseline
+        base = reference.get(baseline, {})
+        row["baseline"] = baseline
+        if same_precision:
+            row["flop_ratio"] = costs[name]["flop_ratio"]
+        for kind, key in RATIO_KEYS:
+            _add_spread(row, key, round_ratios(row.get(f"{kind}_times_s", []), base.get(f"{kind}_times_s", [])))
+            if same_precision:
+                for stat in ("", "_min", "_max"):
+                    row[f"{key}_over_flop_ratio{stat}"] = common.ratio(row[f"{key}{stat}"], row["flop_ratio"])
+
+
+def add_speedups(results: Dict[str, Dict[str, Any]], reference: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add each model's per-round speed-up over ``reference`` (its own times there, e.g. fp32,
+    over its times in ``results``, e.g. bf16, in the same rounds) as ``train_speedup`` and
+    ``inference_speedup`` with median, min, max, in place."""
+    for name, row in results.items():
+        own = reference.get(name, {})
         for kind in ("train", "inference"):
-            key = "train_step_ratio" if kind == "train" else "inference_ratio"
-            ratios = round_ratios(row.get(f"{kind}_times_s", []), base.get(f"{kind}_times_s", []))
-            row[f"{key}_rounds"] = ratios
-            row[key] = common.median(ratios)
-            row[f"{key}_min"], row[f"{key}_max"] = (min(ratios), max(ratios)) if ratios else (None, None)
-            for stat in ("", "_min", "_max"):
-                row[f"{key}_over_flop_ratio{stat}"] = common.ratio(row[f"{key}{stat}"], flop_ratio)
+            _add_spread(row, f"{kind}_speedup", round_ratios(own.get(f"{kind}_times_s", []),
+                                                             row.get(f"{kind}_times_s", [])))
 
 
-def evaluate_goals(results: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def evaluate_goals(results: Mapping[str, Mapping[str, Any]],
+                   models: Optional[Mapping[str, common.ModelSpec]] = None) -> List[Dict[str, Any]]:
     """The PASS/FAIL goals, on the medians of the per-round ratios: DSANet at most DSANET_GOAL
-    times RetinaNet; every time ratio at most FLOP_GOAL times its FLOP ratio."""
+    times its baseline (RetinaNet); every model that is not a baseline: each time ratio at most
+    FLOP_GOAL times its FLOP ratio."""
+    models = common.check_models(models)
     goals = []
     dsanet = results.get("DSANet", {})
+    dsanet_baseline = models["DSANet"].baseline if "DSANet" in models else common.BASELINE
     for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
         value = dsanet.get(key)
-        goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x RetinaNet", "value": value,
+        goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x {dsanet_baseline}", "value": value,
                       "min": dsanet.get(f"{key}_min"), "max": dsanet.get(f"{key}_max"),
                       "pass": value is not None and value <= DSANET_GOAL})
     for name, row in results.items():
-        if name == common.BASELINE:
+        if name == models[name].baseline:
             continue
         for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
             value = row.get(f"{key}_over_flop_ratio")
@@ -180,26 +240,54 @@ def evaluate_goals(results: Mapping[str, Mapping[str, Any]]) -> List[Dict[str, A
     return goals
 
 
+def _several_baselines(results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when the rows' ratios are against more than one baseline (the tables then name it)."""
+    return len({row.get("baseline") for row in results.values() if "baseline" in row}) > 1
+
+
 def print_results(title: str, results: Mapping[str, Mapping[str, Any]], memory: bool) -> None:
-    """One row per model: median seconds, per-round ratios to RetinaNet as median (min-max), FLOP
-    ratio, time ratio / FLOP ratio (and memory)."""
+    """One row per model: median seconds, per-round ratios to its baseline as median (min-max),
+    FLOP ratio, time ratio / FLOP ratio (and memory); a baseline column when there are several."""
     print(f"\n{title}")
-    headers = ["model", "train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
-               "train/FLOP", "infer/FLOP"]
+    several = _several_baselines(results)
+    headers = ["model"] + (["baseline"] if several else []) + [
+        "train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
+        "train/FLOP", "infer/FLOP"]
     if memory:
         headers += ["train peak MiB", "infer peak MiB"]
     rows = []
     for name, row in results.items():
+        first = [name] + ([row.get("baseline")] if several else [])
         if "error" in row:
-            rows.append([name, row["error"]] + [None] * (len(headers) - 2))
+            rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
             continue
-        line = [name, common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
-                common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
-                common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
-                _spread(row, "inference_ratio_over_flop_ratio")]
+        line = first + [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
+                        common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
+                        common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
+                        _spread(row, "inference_ratio_over_flop_ratio")]
         if memory:
             line += [common.fmt(row.get("train_peak_mib"), 0), common.fmt(row.get("inference_peak_mib"), 0)]
         rows.append(line)
+    print(common.format_table(headers, rows))
+
+
+def print_bf16_results(title: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """One row per model in bf16: median seconds, per-round ratios to its fp32 baseline and
+    per-round speed-ups over its own fp32 time, each as median (min-max)."""
+    print(f"\n{title}")
+    several = _several_baselines(results)
+    headers = ["model"] + (["baseline"] if several else []) + [
+        "bf16 train s", "train ratio (min-max)", "train speed-up (min-max)",
+        "bf16 infer s", "infer ratio (min-max)", "infer speed-up (min-max)"]
+    rows = []
+    for name, row in results.items():
+        first = [name] + ([row.get("baseline")] if several else [])
+        if "error" in row:
+            rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
+            continue
+        rows.append(first + [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
+                             _spread(row, "train_speedup"), common.fmt(row["inference_s"], 3),
+                             _spread(row, "inference_ratio"), _spread(row, "inference_speedup")])
     print(common.format_table(headers, rows))
 
 
@@ -209,10 +297,10 @@ def _spread(row: Mapping[str, Any], key: str) -> str:
 
 
 def default_repeats(quick: bool, device: str) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """(train, inference) timed repeats per model, after one warm-up call each.
+    """(train, inference) timed repeats per model (in each precision), after one warm-up call each.
 
     Quick: 2 each (a smoke run; its spreads mean little). Full on CPU: 5 rounds each (at least
-    MIN_ROUNDS), about 5 minutes on 2 idle cores. CUDA: 10 training steps and 20 inferences.
+    MIN_ROUNDS). CUDA: 10 training steps and 20 inferences.
     """
     if quick:
         return {n: 2 for n in common.MODELS}, {n: 2 for n in common.MODELS}
@@ -235,41 +323,62 @@ def run(output: Path, quick: bool = False, device: str = "cpu",
     if costs is None:
         costs = model_cost.run(output, quick=quick)["models"]
     train_repeats, inference_repeats = default_repeats(quick, device)
-    runners = [build_runner(name, config, device) for name, config in common.MODELS.items()]
+    models = common.check_models()
+    baseline = common.baseline_label(models)
+    runners = [build_runner(name, spec.config, device) for name, spec in models.items()]
     result: Dict[str, Any] = {"image_size": list(image_size), "quick": quick, "device": device, "lr": LR,
                               "train_repeats": train_repeats, "inference_repeats": inference_repeats,
+                              "baselines": {name: spec.baseline for name, spec in models.items()},
                               "warning": busy}
 
     if common.is_cuda(device):
         result["cpu"] = "skipped: the CUDA device was measured instead"
+        result["cpu_bf16"] = "skipped: the CUDA device was measured instead"
         result["gpu"] = {}
         for batch_size in GPU_BATCH_SIZES:
             batch = common.synthetic_batch(image_size, batch_size, device=device)
             for precision in GPU_PRECISIONS:
                 key = f"batch{batch_size}_{precision}"
                 print(f"  measuring {key} ...", flush=True)
-                results = measure(runners, batch, device, train_repeats=train_repeats,
-                                  inference_repeats=inference_repeats, amp=(precision == "amp"), memory=True)
-                add_ratios(results, costs)
+                results = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats,
+                                  precisions=(precision,), memory=True)[precision]
+                add_ratios(results, costs, models=models)
                 result["gpu"][key] = results
                 print_results(f"== {device} ({torch.cuda.get_device_name(device)}), batch {batch_size} per GPU, "
                               f"{precision}, {image_size[0]}x{image_size[1]}; peak = max_memory_allocated over "
                               f"one call beyond what was allocated before it ==", results, memory=True)
         main, main_label = result["gpu"]["batch2_fp32"], "cuda batch 2 fp32"
     else:
-        print(f"\n== Speed on CPU ({torch.get_num_threads()} threads), batch 1, fp32, {image_size[0]}x{image_size[1]}; "
+        native_bf16, found = cpu_has_native_bf16()
+        precisions = ("fp32", CPU_BF16) if native_bf16 else ("fp32",)
+        print(f"\n== Speed on CPU ({common.cpu_model()}, {torch.get_num_threads()} threads), batch 1, "
+              f"{'fp32 and bf16 autocast (' + found + ')' if native_bf16 else 'fp32'}, {image_size[0]}x{image_size[1]}; "
               f"train repeats {_repeats_text(train_repeats)}, inference repeats {_repeats_text(inference_repeats)} ==",
               flush=True)
         batch = common.synthetic_batch(image_size, 1, device=device)
-        main = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats)
-        add_ratios(main, costs)
+        measured = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats,
+                           precisions=precisions)
+        main = measured["fp32"]
+        add_ratios(main, costs, models=models)
         result["cpu"] = main
         result["gpu"] = "skipped: no CUDA device (torch.cuda.is_available() is False)"
-        print_results("median seconds; per-round ratios against RetinaNet: median (min-max)", main, memory=False)
+        print_results(f"fp32: median seconds; per-round ratios against {baseline}: median (min-max)", main, memory=False)
+        if native_bf16:
+            bf16 = measured[CPU_BF16]
+            add_ratios(bf16, costs, reference=main, models=models)
+            add_speedups(bf16, main)
+            result["cpu_bf16"] = bf16
+            print_bf16_results(f"bf16 autocast ({found}; weights and SGD in fp32, no grad scaler), same rounds as "
+                               f"fp32: median seconds; per-round ratios against fp32 {baseline} and speed-up "
+                               f"(the model's fp32 time / its bf16 time): median (min-max)", bf16)
+        else:
+            result["cpu_bf16"] = (f"skipped: this CPU has no native bf16 ({found}); emulated bf16 runs slower than "
+                                  f"fp32 and would mislead")
+            print(f"bf16 columns {result['cpu_bf16']}", flush=True)
         print("GPU measurements (batch 2 and 16, fp32 and AMP, max_memory_allocated): skipped, no CUDA device")
         main_label = "cpu batch 1 fp32"
 
-    goals = evaluate_goals(main)
+    goals = evaluate_goals(main, models)
     result.update(main=main_label, goals=goals, machine=common.machine_info(device),
                   elapsed_s=time.perf_counter() - started)
     print(f"\nGoals ({main_label}):")

@@ -1,4 +1,6 @@
 """The benchmark helpers count and measure what they claim (no timings are asserted)."""
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,9 +9,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds `benchmarks`
 
-from benchmarks import attention, common, model_cost, speed  # noqa: E402
-from conftest import tiny_model  # noqa: E402
+from benchmarks import attention, common, model_cost, run_all, speed  # noqa: E402
+from conftest import make_inputs, narrow_model_config, tiny_model  # noqa: E402
 from dsanet.modeling import DSABlock, SelfAttention2d  # noqa: E402
+from dsanet.precision import FORCE_NO_BF16_ENV, cpu_has_native_bf16  # noqa: E402
 
 CHANNELS, HEIGHT, WIDTH = 64, 12, 16
 
@@ -104,3 +107,176 @@ def test_executed_flops_count_padding_and_recomputation():
     assert attention.executed_flops("dense", "forward_backward", length) == 3 * math_forward
     assert attention.executed_flops("blockwise", "forward_backward", length) == 3 * math_forward + length ** 2 * d
     assert attention.executed_flops("sdpa_padded", "forward_backward", length) == 7 * length ** 2 * c
+
+
+# Two model families as the FCOS configs will add them: every ratio of a model is against its own baseline.
+FAMILIES = {"RetinaNet": common.ModelSpec("r.py"), "DSANet": common.ModelSpec("d.py"),
+            "FCOS": common.ModelSpec("f.py", baseline="FCOS"), "DSA-FCOS": common.ModelSpec("df.py", baseline="FCOS")}
+
+
+def test_every_ratio_is_against_the_models_own_baseline():
+    costs = {"RetinaNet": {"flops": 100, "params": 10}, "DSANet": {"flops": 110, "params": 11},
+             "FCOS": {"flops": 200, "params": 20}, "DSA-FCOS": {"flops": 250, "params": 22}}
+    model_cost.add_cost_ratios(costs, FAMILIES)
+    assert [costs[n]["flop_ratio"] for n in FAMILIES] == pytest.approx([1.0, 1.1, 1.0, 1.25])
+    assert costs["DSA-FCOS"]["param_ratio"] == pytest.approx(1.1) and costs["DSA-FCOS"]["baseline"] == "FCOS"
+    results = {"RetinaNet": {"train_times_s": [1.0, 1.0], "inference_times_s": [1.0, 1.0]},
+               "DSANet": {"train_times_s": [1.1, 1.2], "inference_times_s": [1.0, 1.0]},
+               "FCOS": {"train_times_s": [2.0, 4.0], "inference_times_s": [2.0, 2.0]},
+               "DSA-FCOS": {"train_times_s": [3.0, 4.4], "inference_times_s": [2.2, 2.2]}}
+    speed.add_ratios(results, costs, models=FAMILIES)
+    assert results["DSA-FCOS"]["train_step_ratio_rounds"] == pytest.approx([1.5, 1.1])  # over FCOS, per round
+    assert results["DSA-FCOS"]["inference_ratio"] == pytest.approx(1.1)
+    assert results["DSA-FCOS"]["inference_ratio_over_flop_ratio"] == pytest.approx(1.1 / 1.25)
+    assert results["FCOS"]["train_step_ratio"] == pytest.approx(1.0) and results["FCOS"]["baseline"] == "FCOS"
+    assert results["DSANet"]["train_step_ratio_rounds"] == pytest.approx([1.1, 1.2])
+    goals = [g["goal"] for g in speed.evaluate_goals(results, FAMILIES)]
+    assert any(g.startswith("DSA-FCOS training step time ratio") for g in goals)
+    assert not any(g.startswith(("FCOS ", "RetinaNet ")) for g in goals)  # a baseline has no FLOP goal
+    assert common.baselines(FAMILIES) == ["RetinaNet", "FCOS"]
+    assert common.baseline_label(FAMILIES) == "each model's baseline" and common.baseline_label() == "RetinaNet"
+
+
+def test_a_baseline_must_be_a_compared_model_that_is_its_own_baseline():
+    with pytest.raises(ValueError, match="'FCOS' is not a compared model"):
+        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
+    with pytest.raises(ValueError, match="not its own baseline"):
+        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "FCOS": common.ModelSpec("f.py"),
+                             "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
+    assert common.check_models() is common.MODELS
+
+
+def test_bf16_ratios_are_against_the_fp32_baseline_and_speedups_against_the_models_own_fp32():
+    fp32 = {"RetinaNet": {"train_times_s": [2.0, 4.0], "inference_times_s": [1.0, 1.0]},
+            "DSANet": {"train_times_s": [2.2, 4.0], "inference_times_s": [1.2, 1.0]}}
+    bf16 = {"RetinaNet": {"train_times_s": [1.0, 2.5], "inference_times_s": [0.5, 0.8]},
+            "DSANet": {"train_times_s": [1.1, 2.0], "inference_times_s": [0.6, 0.4]}}
+    speed.add_ratios(bf16, {}, reference=fp32)
+    speed.add_speedups(bf16, fp32)
+    dsanet = bf16["DSANet"]
+    assert dsanet["train_step_ratio_rounds"] == pytest.approx([0.55, 0.5])  # bf16 DSANet / fp32 RetinaNet
+    assert (dsanet["inference_ratio"], dsanet["inference_ratio_min"], dsanet["inference_ratio_max"]) == \
+        pytest.approx((0.5, 0.4, 0.6))
+    assert dsanet["train_speedup_rounds"] == pytest.approx([2.0, 2.0])  # fp32 DSANet / bf16 DSANet
+    assert bf16["RetinaNet"]["train_speedup_rounds"] == pytest.approx([2.0, 1.6])
+    assert bf16["RetinaNet"]["train_step_ratio_rounds"] == pytest.approx([0.5, 0.625])
+    assert "flop_ratio" not in dsanet and "train_step_ratio_over_flop_ratio" not in dsanet
+
+
+def test_bf16_steps_run_the_network_in_bf16_and_keep_weights_and_sgd_in_fp32():
+    model = tiny_model()
+    runner = speed.Runner("tiny", model, torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9))
+    seen = []
+    model.head.register_forward_hook(lambda module, inputs, output: seen.append(output[0][0].dtype))
+    batch = make_inputs()
+    for precision in ("fp32", "bf16"):
+        speed.train_step(runner, batch, "cpu", precision)
+        speed.inference(runner, [{"image": item["image"]} for item in batch], "cpu", precision)
+    assert seen == [torch.float32, torch.float32, torch.bfloat16, torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+    assert runner.scaler is None
+    with pytest.raises(ValueError, match="unknown precision"):
+        speed.inference(runner, batch, "cpu", "fp16")
+
+
+def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatch):
+    real_read_text = Path.read_text
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_cpuinfo)
+    lscpu = "Architecture:  x86_64\nModel name:    Some CPU\nFlags:         fpu avx2 avx512f avx512_bf16\n"
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=lscpu))
+    assert common.cpu_flags() == {"source": "lscpu", "avx2": True, "avx512f": True, "avx512_bf16": True,
+                                  "amx_tile": False, "amx_bf16": False}
+
+    def no_lscpu(*args, **kwargs):
+        raise FileNotFoundError("lscpu")
+
+    monkeypatch.setattr(subprocess, "run", no_lscpu)
+    assert common.cpu_flags() == {"source": None, **{flag: None for flag in common.CPU_FLAGS}}
+
+
+def quick_speed_run(monkeypatch, tmp_path, names):
+    """speed.run(quick=True) on ``names`` only, their configs narrowed to ResNet-18-like toys (an R50
+    step is seconds on a busy CPU), at 64x96, recording each (phase, model, precision) call."""
+    monkeypatch.setattr(common, "MODELS", {name: common.MODELS[name] for name in names})
+    monkeypatch.setattr(common, "QUICK_IMAGE_SIZE", (64, 96))
+    load_config = common.load_config
+
+    def narrowed_config(config):
+        cfg = load_config(config)
+        narrow_model_config(cfg.model, norm="FrozenBN")
+        return cfg
+
+    monkeypatch.setattr(common, "load_config", narrowed_config)
+    calls = []
+    train_step, inference = speed.train_step, speed.inference
+
+    def recording_train_step(runner, batch, device, precision="fp32"):
+        calls.append(("train", runner.name, precision))
+        train_step(runner, batch, device, precision)
+
+    def recording_inference(runner, images, device, precision="fp32"):
+        calls.append(("inference", runner.name, precision))
+        inference(runner, images, device, precision)
+
+    monkeypatch.setattr(speed, "train_step", recording_train_step)
+    monkeypatch.setattr(speed, "inference", recording_inference)
+    costs = {name: {"flop_ratio": 1.0 + 0.1 * index} for index, name in enumerate(names)}
+    return speed.run(tmp_path, quick=True, device="cpu", costs=costs), calls, costs
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16()[0], reason="this CPU has no native bf16: the bf16 columns are skipped")
+def test_quick_speed_run_times_fp32_and_bf16_interleaved_in_the_same_rounds(monkeypatch, tmp_path, capsys):
+    result, calls, costs = quick_speed_run(monkeypatch, tmp_path, ["RetinaNet", "DSANet"])
+    order = [(name, precision) for name in ("RetinaNet", "DSANet") for precision in ("fp32", "bf16")]
+    warmups = [(phase, *key) for key in order for phase in ("train", "inference")]
+    rounds = [("train", *key) for key in order] * 2 + [("inference", *key) for key in order] * 2
+    assert calls == warmups + rounds
+    fp32, bf16 = result["cpu"], result["cpu_bf16"]
+    for name in ("RetinaNet", "DSANet"):
+        for kind, key in speed.RATIO_KEYS:
+            times = bf16[name][f"{kind}_times_s"]
+            assert len(times) == 2
+            assert bf16[name][f"{key}_rounds"] == pytest.approx(
+                [t / b for t, b in zip(times, fp32["RetinaNet"][f"{kind}_times_s"])])
+            assert bf16[name][f"{kind}_speedup_rounds"] == pytest.approx(
+                [f / t for f, t in zip(fp32[name][f"{kind}_times_s"], times)])
+            assert bf16[name][f"{kind}_speedup"] == pytest.approx(sum(bf16[name][f"{kind}_speedup_rounds"]) / 2)
+    assert fp32["DSANet"]["flop_ratio"] == costs["DSANet"]["flop_ratio"]  # fp32 columns as before
+    printed = capsys.readouterr().out
+    assert "fp32 and bf16 autocast" in printed and "| bf16 train s" in printed and "against fp32 RetinaNet" in printed
+    assert all(goal["goal"].startswith(("DSANet", "RetinaNet")) for goal in result["goals"])  # judged on fp32
+    assert result["goals"][0]["value"] == fp32["DSANet"]["train_step_ratio"]
+    written = json.loads((tmp_path / "speed.json").read_text())
+    assert set(written["cpu_bf16"]) == {"RetinaNet", "DSANet"}
+    machine = written["machine"]
+    assert machine["cpu_model"] and machine["cpu_native_bf16"] is True
+    assert set(common.CPU_FLAGS) <= set(machine["cpu_flags"])
+    summary = run_all.build_summary({"models": {n: {"params": 1, "flops": 1, **c} for n, c in costs.items()},
+                                     "flop_unit": "multiply-add", "image_size": [64, 96]}, result, "cpu", {})
+    assert summary["bf16"].startswith("measured")
+    assert summary["models"]["DSANet"]["bf16"]["train_speedup"] == bf16["DSANet"]["train_speedup"]
+    assert summary["models"]["DSANet"]["bf16"]["inference_ratio_rounds"] == 2
+    assert summary["models"]["DSANet"]["baseline"] == "RetinaNet"
+    assert summary["machine"]["cpu_flags"] == machine["cpu_flags"]
+
+
+def test_quick_speed_run_skips_bf16_with_one_line_where_the_cpu_has_no_native_bf16(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(FORCE_NO_BF16_ENV, "1")
+    result, calls, costs = quick_speed_run(monkeypatch, tmp_path, ["RetinaNet"])
+    assert {precision for _, _, precision in calls} == {"fp32"} and len(calls) == 6  # warm-up + 2 rounds, x2
+    assert result["cpu_bf16"].startswith("skipped: this CPU has no native bf16") and FORCE_NO_BF16_ENV in result["cpu_bf16"]
+    assert len(result["cpu"]["RetinaNet"]["train_times_s"]) == 2
+    printed = capsys.readouterr().out
+    assert [line for line in printed.splitlines() if "bf16" in line] == [f"bf16 columns {result['cpu_bf16']}"]
+    written = json.loads((tmp_path / "speed.json").read_text())
+    assert written["cpu_bf16"] == result["cpu_bf16"] and written["machine"]["cpu_native_bf16"] is False
+    summary = run_all.build_summary({"models": {"RetinaNet": {"params": 1, "flops": 1, "flop_ratio": 1.0}},
+                                     "flop_unit": "multiply-add", "image_size": [64, 96]}, result, "cpu", {})
+    assert summary["bf16"] == result["cpu_bf16"] and "bf16" not in summary["models"]["RetinaNet"]
