@@ -1,15 +1,18 @@
 """Backbone pretraining (tools/pretrain_backbone.py), the fine-tuning recipe that starts from it, the check
 that a checkpoint loads something, and torchvision ResNet weights converted for the GPU recipes."""
 import json
+import pickle
 
 import pytest
 import torch
+import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
-from conftest import CONFIGS, ROOT, load_script, tiny_model
+from conftest import CONFIGS, load_script, tiny_model
 from dsanet.checkpoint import CheckedCheckpointer
+from dsanet.data.synthetic import draw_synthetic_image
 from dsanet.engine import load_weights
 from dsanet.errors import UserInputError
 from dsanet.pretrain import ShapePresenceImages
@@ -135,8 +138,6 @@ def test_bad_pretraining_input_is_refused(pretrain_tool, tmp_path, arguments, me
 
 
 def test_labels_say_which_shapes_the_image_holds():
-    from dsanet.data.synthetic import draw_synthetic_image
-
     images = ShapePresenceImages(seed=1, stream=0, image_size=64, input_format="BGR")
     for index in range(4):
         image, labels = images[index]
@@ -145,3 +146,49 @@ def test_labels_say_which_shapes_the_image_holds():
         assert labels.tolist() == [float(any(c == k for c, _, _ in objects)) for k in (1, 2, 3)]
         # BGR, as the detector reads the dataset's JPEGs (which this image went through too)
         assert (image.flip(0).float() - torch.as_tensor(list(rgb.getdata())).T.reshape(3, 64, 64)).abs().mean() < 8
+
+
+def test_torchvision_resnet50_weights_start_the_r50_recipe(tmp_path):
+    """Every R-50 bottom-up weight comes from the converted file, and the loaded backbone computes what
+    torchvision's ResNet-50 computes (with the overrides the converter prints)."""
+    converter = load_script("tools/convert_torchvision_resnet.py")
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50().eval()  # random weights, no download
+    for module in resnet.modules():  # BN statistics that are not the identity, so that misplaced ones show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    torch.save(resnet.state_dict(), tmp_path / "resnet50.pth")
+    output = tmp_path / "R-50-torchvision.pkl"
+    converter.main(converter.parse_args([str(tmp_path / "resnet50.pth"), str(output)]))
+
+    cfg = LazyConfig.load(str(CONFIGS / "COCO-Detection" / "dsanet_conf_R_50_FPN_1x.py"))
+    cfg = LazyConfig.apply_overrides(cfg, list(converter.TORCHVISION_OVERRIDES))
+    model = instantiate(cfg.model).eval()
+    fresh = {key: value.clone() for key, value in model.state_dict().items()}
+    load_weights(CheckedCheckpointer(model), str(output), resume=False)  # the project's loader: a .pkl without code
+    with open(output, "rb") as f:
+        converted = pickle.load(f)["model"]
+    prefix = "backbone.bottom_up."
+    assert {key[len(prefix):] for key in fresh if key.startswith(prefix)} == set(converted)
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix):
+            assert torch.equal(value, torch.from_numpy(converted[key[len(prefix):]])), key
+        else:
+            assert torch.equal(value, fresh[key]), key
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(
+            resnet.bn1(resnet.conv1(image))))))))
+        ours = model.backbone.bottom_up(image)["res5"]
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_converter_refuses_what_is_not_a_torchvision_resnet(tmp_path):
+    converter = load_script("tools/convert_torchvision_resnet.py")
+    torch.save({"backbone.conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserInputError, match="backbone.conv.weight: not a weight of a torchvision ResNet"):
+        converter.main(converter.parse_args([str(tmp_path / "other.pth"), str(tmp_path / "out.pkl")]))
+    assert not (tmp_path / "out.pkl").exists()
