@@ -40,12 +40,12 @@ def test_a_malicious_pkl_does_not_run_on_the_default_path(cache_dir, tmp_path):
 def test_only_the_opt_in_unpickles_code(tmp_path, suffix):
     marker = tmp_path / "code_ran"
     path = tmp_path / f"weights{suffix}"
-    data = {"model": {}, "__author__": "attacker", "payload": CreatesAFile(marker)}
+    model = tiny_model()
+    data = {"model": model.state_dict(), "__author__": "attacker", "payload": CreatesAFile(marker)}
     if suffix == ".pth":
         torch.save(data, path)
     else:
         path.write_bytes(pickle.dumps(data))
-    model = tiny_model()
     with pytest.raises(UserInputError, match=UNSAFE_PICKLE_OPT_IN.replace(".", r"\.")):
         CheckedCheckpointer(model).load(str(path))
     assert not marker.exists()
@@ -53,16 +53,38 @@ def test_only_the_opt_in_unpickles_code(tmp_path, suffix):
     assert marker.exists()  # the file really would run code: the refusal above is what stopped it
 
 
+def caffe2_blobs(state_dict: dict) -> dict:
+    """A model's bottom-up weights under Detectron's (Caffe2) names, as its ImageNet .pkl files hold them."""
+    prefix, blobs = "backbone.bottom_up.", {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix) or key.endswith("num_batches_tracked"):
+            continue
+        rest, field = key[len(prefix):].rsplit(".", 1)
+        is_norm = rest.endswith(".norm")
+        if rest.startswith("stem."):
+            name = "res_conv1_bn" if is_norm else "conv1"
+        else:
+            stage, block, conv = rest.split(".")[:3]
+            name = f"{stage}_{block}_" + ("branch1" if conv == "shortcut" else "branch2" + "abc"[int(conv[-1]) - 1])
+            name += "_bn" if is_norm else ""
+        suffix = {"weight": "s", "bias": "b", "running_mean": "rm", "running_var": "riv"} if is_norm else {"weight": "w", "bias": "b"}
+        blobs[f"{name}_{suffix[field]}"] = value.numpy()
+    return blobs
+
+
 @pytest.mark.parametrize("layout,protocol", [("detectron2", 2), ("caffe2", 2), ("detectron2", pickle.HIGHEST_PROTOCOL)])
 def test_model_zoo_pkl_weights_load_on_the_default_path(tmp_path, layout, protocol):
     source, target = tiny_model(seed=1), tiny_model(seed=2)
     weights = {k: v.numpy() for k, v in source.state_dict().items()}
-    data = {"model": weights, "__author__": "Detectron2 Model Zoo"} if layout == "detectron2" else {"blobs": weights}
+    if layout == "caffe2":  # Detectron's ImageNet weights: the bottom-up only, converted by name heuristics
+        data = {"blobs": caffe2_blobs(source.state_dict())}
+        weights = {k: v for k, v in weights.items() if k.startswith("backbone.bottom_up.") and "num_batches" not in k}
+    else:
+        data = {"model": weights, "__author__": "Detectron2 Model Zoo"}
     path = tmp_path / "weights.pkl"
     path.write_bytes(pickle.dumps(data, protocol=protocol))  # the model zoo's files are protocol 2
-    CheckedCheckpointer(target).load(str(path))  # Caffe2 layout: converted by name heuristics
-    if layout == "detectron2":
-        assert all(np.array_equal(target.state_dict()[k].numpy(), v) for k, v in weights.items())
+    CheckedCheckpointer(target).load(str(path))
+    assert all(np.array_equal(target.state_dict()[k].numpy(), v) for k, v in weights.items())
 
 
 def test_checkpoint_and_last_checkpoint_are_replaced_never_rewritten_in_place(tmp_path):

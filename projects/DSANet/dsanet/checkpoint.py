@@ -10,6 +10,9 @@ Loading: ``.pth``/``.pyth`` files load with ``torch.load(weights_only=True)``. d
 unpickler that builds only what model-zoo weights contain (dicts of numpy arrays, as in
 detectron2's and Detectron's ``.pkl`` files). A file that needs anything else is refused, with
 the opt-in named: ``train.allow_unsafe_pickle=True`` (trusted files only).
+
+Matching: a file none of whose weights matches a weight of the model (by detectron2's name matching,
+and shape) is an error naming the file, not a model silently left at its initialisation.
 """
 import os
 import pickle
@@ -18,6 +21,7 @@ from typing import Any, Callable, Dict, IO
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .errors import UserInputError
 
@@ -83,7 +87,8 @@ def remove_stale_temporary_files(folder: str) -> list:
 
 class CheckedCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that saves atomically, loads without running code by default, and turns
-    an unreadable or refused file into one UserInputError naming it.
+    an unreadable or refused file, or one that matches no weight of the model, into one UserInputError
+    naming it.
 
     Args:
         allow_unsafe_pickle: load ``.pkl`` and ``.pth`` files with full pickle (trusted files only).
@@ -92,6 +97,38 @@ class CheckedCheckpointer(DetectionCheckpointer):
     def __init__(self, *args, allow_unsafe_pickle: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.allow_unsafe_pickle = allow_unsafe_pickle
+        self._loading = None  # the file being loaded
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        """fvcore's ``load``; remembers ``path`` so that an error about its contents can name it."""
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        """DetectionCheckpointer's ``_load_model``; raises UserInputError when no weight of the file was loaded.
+
+        The name-matching step (``matching_heuristics``, detectron2's model-zoo and converted weights) runs
+        here rather than in the parent, so that the weights handed on are the ones loaded: fvcore drops
+        those of another shape from that very dict.
+        """
+        if checkpoint.get("matching_heuristics", False):
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(), checkpoint["model"], c2_conversion=checkpoint.get("__author__") == "Caffe2")
+            checkpoint["matching_heuristics"] = False  # done: the parent must not match again
+        weights = checkpoint["model"]
+        file_keys = list(weights)
+        incompatible = super()._load_model(checkpoint)
+        model_keys = set(self.model.state_dict())
+        if not (model_keys & set(weights)) - {"pixel_mean", "pixel_std"}:
+            example = f", e.g. '{file_keys[0]}'" if file_keys else ""
+            raise UserInputError(
+                f"checkpoint {self._loading} matches no weight of the model (none of its {len(file_keys)} weights"
+                f"{example}, has the name and shape of a model weight, e.g. '{min(model_keys)}')")
+        return incompatible
 
     def _is_local(self) -> bool:
         return "://" not in self.save_dir

@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_DATASET_NAMES",
     "default_root",
     "dataset_folder",
+    "draw_synthetic_image",
     "ensure_synthetic_dataset",
     "register_synthetic_dataset",
 ]
@@ -70,7 +71,7 @@ _EMPTY_FRACTION = 0.03
 _MAX_OBJECTS = 4
 _MIN_VISIBLE_FRACTION = 0.6  # of a shape's pixels: inside the image and not hidden by later shapes
 _PLACEMENT_TRIES = 30
-_JPEG_QUALITY = 92
+JPEG_QUALITY = 92  # of the dataset's files
 
 PathLike = Union[str, os.PathLike]
 
@@ -222,10 +223,9 @@ def _write_split(
 
     images, annotations = [], []
     for index in range(num_images):
-        rng = np.random.default_rng([seed, split_index, 1, index])
-        image, objects = _draw_image(rng, image_size, 0 if index in empty else None)
+        image, objects = draw_synthetic_image(seed, split_index, index, image_size, empty=index in empty)
         file_name = f"{index:06d}.jpg"
-        image.save(image_dir / file_name, format="JPEG", quality=_JPEG_QUALITY)
+        image.save(image_dir / file_name, format="JPEG", quality=JPEG_QUALITY)
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name,
                        "height": image_size, "width": image_size})
@@ -245,6 +245,25 @@ def _write_split(
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
                        for i, name in enumerate(CLASS_NAMES)],
     }
+
+
+def draw_synthetic_image(seed: int, split_index: int, index: int, image_size: int = 128, *, empty: bool = False
+                         ) -> Tuple[Image.Image, List[Tuple[int, Tuple[int, int, int, int], int]]]:
+    """Image ``index`` of split ``split_index`` (0: train, 1: val) of the dataset of ``seed``, as drawn
+    before it is saved as a JPEG (quality ``JPEG_QUALITY``); other users of the drawing (backbone
+    pretraining, :mod:`dsanet.pretrain`) take their images from here.
+
+    Args:
+        seed: the generator's seed; the image depends only on ``seed``, ``split_index`` and ``index``.
+        split_index: which stream of images of that seed (0 and 1 are the dataset's train and val).
+        index: the image's index in that stream.
+        image_size: height and width in pixels.
+        empty: draw the background only (the dataset's few images without objects).
+    Returns:
+        the RGB image and its objects as ``(category_id, (x0, y0, x1, y1), area)``, x1/y1 exclusive.
+    """
+    rng = np.random.default_rng([seed, split_index, 1, index])
+    return _draw_image(rng, image_size, 0 if empty else None)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
