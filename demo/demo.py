@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a trained DSANet on images, folders or a video, in detectron2's demo conventions.
+"""Run a trained DSANet (or DSA-FCOS, RetinaNet, FCOS) on images, folders or a video, in detectron2's demo conventions.
 
     demo/demo.py --config-file output/demo/config.yaml --input photos/ 'more/*.jpg' one.png \
         --output output/demo/drawn --opts train.init_checkpoint=output/demo/model_final.pth
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for drawn images/videos and JSON detections")
     parser.add_argument("--weights", default=None, help="checkpoint (default: the config's train.init_checkpoint)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="minimum score to keep; with object confidence, the fused score cls^(1-a) * conf^a")
+                        help="minimum score to keep: with object confidence the fused score cls^(1-a) * conf^a, "
+                             "on FCOS sqrt(cls * centerness)")
     parser.add_argument("--scale", type=float, default=1.0, help="size of the drawn output relative to the input")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="key=value config overrides")
     args = parser.parse_args(argv)

@@ -55,7 +55,9 @@ def narrow_model_config(model, width: int = 16, num_classes: int = 3, norm: str 
     model.backbone.bottom_up.stages = L(make_resnet_stages)(
         depth=18, stem_width=width, widths=[width, 2 * width, 4 * width, 8 * width], norm=norm)
     model.backbone.out_channels = 2 * width
-    model.backbone.top_block.in_channels = 8 * width
+    # P6/P7 from C5 (RetinaNet) or from P5 (FCOS)
+    from_p5 = model.backbone.top_block.get("in_feature", "res5") == "p5"
+    model.backbone.top_block.in_channels = 2 * width if from_p5 else 8 * width
     model.head.input_shape = [ShapeSpec(channels=2 * width)] * 5
     model.head.conv_dims = [2 * width, 2 * width]
     model.num_classes = num_classes

@@ -15,7 +15,17 @@ def test_apply_is_idempotent_and_reports_each_shim():
     first = compat.apply()
     assert compat.apply() is first
     assert set(first) == {"pillow_linear_alias", "compiled_ops_stand_in", "numpy_aliases",
-                          "model_zoo_pkg_resources", "map_dataset_sampling"}
+                          "model_zoo_pkg_resources", "map_dataset_sampling", "retinanet_head_group_norm"}
+
+
+def test_a_retinanet_head_with_group_norm_builds_and_normalises_its_towers():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+
+    head = RetinaNetHead(input_shape=[ShapeSpec(channels=32)] * 2, num_classes=3, num_anchors=1,
+                         conv_dims=[32, 32], norm="GN")
+    norms = [m for m in head.cls_subnet if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 2 and all(m.num_groups == 32 and m.num_channels == 32 for m in norms)
 
 
 def test_map_dataset_takes_another_element_when_the_map_function_skips_one():

@@ -25,6 +25,8 @@ def test_there_is_a_config_for_every_experiment():
             assert f"{model}_R_{depth}_FPN_1x.py" in names
     assert {"dsanet_conf_R_50_FPN_2x.py", "dsanet_conf_R_101_FPN_2x.py"} <= names
     assert sum(p.startswith("Ablations/") for p in EXPERIMENT_CONFIGS) >= 12
+    assert {"COCO-Detection/fcos_R_50_FPN_1x.py", "COCO-Detection/dsa_fcos_R_50_FPN_1x.py",
+            "Demo/dsa_fcos_synthetic_cpu.py", "Demo/dsa_fcos_synthetic_study_cpu.py"} <= set(EXPERIMENT_CONFIGS)
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained DSANet (torch.export, TorchScript, ONNX) and prove the exports equal eager PyTorch.
+"""Export a trained DSANet or DSA-FCOS (torch.export, TorchScript, ONNX) and prove the exports equal eager PyTorch.
 
     tools/export_model.py --config-file output/demo/config.yaml --weights output/demo/model_final.pth \
         --output output/demo/export [--format export onnx-dynamo torchscript onnx] [--input a.jpg b.jpg | --num-images 8]
@@ -10,9 +10,9 @@ Formats, each written to --output and loaded back before it is checked:
     torchscript  ``torch.jit.trace`` through detectron2's TracingAdapter, ``model.ts`` (for detectron2's deploy tools)
     onnx         ONNX by torch's TorchScript-based exporter, ``model.onnx``
 All keep the image's height and width dynamic. In the graph: normalisation, padding, backbone,
-FPN, DSA, head and the fused score; after it, in Python and shared with eager (see
-``dsanet.export``): anchors, threshold, top-k, box decoding, NMS. On each test image (the
-config's test set, or --input) it compares each runtime's raw outputs with eager PyTorch
+FPN, DSA, head and the score (fused with the confidence; on FCOS, with centerness); after it, in
+Python and shared with eager (see ``dsanet.export``): anchors (FCOS's anchor points), threshold,
+top-k, box decoding, NMS. On each test image (the config's test set, or --input) it compares each runtime's raw outputs with eager PyTorch
 (tolerance 1e-4) and the final boxes and scores after post-processing (tolerance 1e-3), and
 times each runtime on CPU. A format that cannot be exported or run is reported in one line
 naming the format and the part, and the others still run. Writes ``parity.json``. Exit status

@@ -20,6 +20,7 @@ from dsanet.data.mapper import UNREADABLE_ERRORS, read_image
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.engine import load_weights
 from dsanet.errors import exit_with_status_of
+from dsanet.predictor import input_format_of
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,10 +42,11 @@ def main(args: argparse.Namespace) -> None:
     model = instantiate(cfg.model).to(cfg.train.device).eval()
     load_weights(CheckedCheckpointer(model), args.weights, resume=False)
     metadata = MetadataCatalog.get(dataset)
+    input_format = input_format_of(model, cfg)
     os.makedirs(args.output, exist_ok=True)
     for record in DatasetCatalog.get(dataset)[: args.num_images]:
         try:
-            image = read_image(record["file_name"], format=model.input_format)  # (H, W, 3)
+            image = read_image(record["file_name"], format=input_format)  # (H, W, 3)
         except UNREADABLE_ERRORS as e:
             print(f"warning: skipped image {record['file_name']}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
@@ -52,7 +54,7 @@ def main(args: argparse.Namespace) -> None:
         with torch.no_grad():
             instances = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
         instances = instances[instances.scores >= args.score_thresh].to("cpu")
-        rgb = image[:, :, ::-1] if model.input_format == "BGR" else image
+        rgb = image[:, :, ::-1] if input_format == "BGR" else image
         drawn = Visualizer(rgb, metadata, scale=3.0).draw_instance_predictions(instances)
         path = os.path.join(args.output, os.path.basename(record["file_name"]).rsplit(".", 1)[0] + ".png")
         drawn.save(path)

@@ -190,6 +190,21 @@ def _map_dataset_retries_with_clear_sampling() -> bool:
     return True
 
 
+def _retinanet_head_norm_probe_for_group_norm() -> bool:
+    # Reason: v0.6's RetinaNetHead names its norm by building one for 1 channel, and torch refuses
+    # GroupNorm(32, 1), so norm="GN" (FCOS's head) fails; main probes with 32 channels, as here.
+    if "get_norm(norm, 1)" not in _source_of("detectron2.modeling.meta_arch.retinanet"):
+        return False
+    from detectron2.layers import get_norm
+    from detectron2.modeling.meta_arch import retinanet
+
+    def get_norm_probing_with_32_channels(norm, out_channels: int):
+        return get_norm(norm, 32 if out_channels == 1 else out_channels)
+
+    retinanet.get_norm = get_norm_probing_with_32_channels
+    return True
+
+
 _applied: Optional[dict] = None
 
 
@@ -208,6 +223,7 @@ def apply() -> dict:
             "numpy_aliases": _restore_numpy_aliases(),
             "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
             "map_dataset_sampling": _map_dataset_retries_with_clear_sampling(),
+            "retinanet_head_group_norm": _retinanet_head_norm_probe_for_group_norm(),
         }
     return _applied
 

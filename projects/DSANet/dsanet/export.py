@@ -1,14 +1,16 @@
-"""Export DSANet (torch.export, TorchScript, ONNX by either exporter), and run the exported graphs
-with the model's own post-processing.
+"""Export DSANet or DSA-FCOS (torch.export, TorchScript, ONNX by either exporter), and run the
+exported graphs with the model's own post-processing.
 
 What is inside the exported graph, for one image (3, H, W) of any size, float, in the model's
 input format (BGR for the configs of this project):
     normalisation and padding (``preprocess_image``) -> backbone + FPN -> DSA -> head towers ->
-    per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi) and, with
-    object confidence, confidence logits (1, A, Hi, Wi) and the fused score
-    ``sigmoid(cls)^(1-alpha) * sigmoid(conf)^alpha`` as (1, Hi*Wi*A, K).
+    per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi), then with
+    object confidence, confidence logits (1, A, Hi, Wi), on FCOS (A = 1), centerness logits
+    (1, 1, Hi, Wi), and the score the detector ranks by as (1, Hi*Wi*A, K): ``sigmoid(cls)``,
+    the fused ``sigmoid(cls)^(1-alpha) * sigmoid(conf)^alpha``, or FCOS's
+    ``sqrt(sigmoid(cls) * sigmoid(centerness))``.
 What is post-processing, in Python, shared with eager PyTorch (:func:`postprocess` calls the
-model's own ``inference_single_image``): anchors, score threshold, top-k, box decoding,
+model's own ``inference_single_image``): anchors (FCOS's anchor points), score threshold, top-k, box decoding,
 per-class NMS (detectron2's ``batched_nms``) and rescaling to the requested output size.
 Keeping NMS out of the graph is what makes the exported model give the same detections as eager
 (detectron2 issue 5431: RetinaNet exported with its own decoding gives wrong or no boxes).
@@ -20,6 +22,7 @@ import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
+from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
@@ -46,23 +49,28 @@ __all__ = [
 ]
 
 # Kinds of per-level outputs in the graph, in the order they are flattened (all levels of one
-# kind, then the next kind).
-RAW_OUTPUTS = ("cls_logits", "box_deltas", "conf_logits", "scores")
+# kind, then the next kind); a model has the logits of at most one of confidence and centerness.
+RAW_OUTPUTS = ("cls_logits", "box_deltas", "conf_logits", "ctrness_logits", "scores")
 
 
 def _output_kinds(model: torch.nn.Module) -> Tuple[str, ...]:
-    return RAW_OUTPUTS if model.with_confidence else RAW_OUTPUTS[:2] + ("scores",)
+    if isinstance(model, FCOS):
+        third = ("ctrness_logits",)
+    else:
+        third = ("conf_logits",) if getattr(model, "with_confidence", False) else ()
+    return ("cls_logits", "box_deltas", *third, "scores")
 
 
 def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[torch.Tensor], ...]:
-    """The part of DSANet's inference that is exported: image -> per-level head outputs and scores.
+    """The part of the detector's inference that is exported: image -> per-level head outputs and scores.
 
     Args:
-        model: a DSANet (or RetinaNet-like DenseDetector) in eval mode.
-        image: (3, H, W) float, in ``model.input_format``, unnormalised (0-255).
+        model: a DSANet, RetinaNet, DSAFCOS or FCOS in eval mode.
+        image: (3, H, W) float, in the model's input format, unnormalised (0-255).
     Returns:
         lists over levels, in :func:`output_names` order: cls logits (1, A*K, Hi, Wi),
-        box deltas (1, A*4, Hi, Wi), [conf logits (1, A, Hi, Wi),] scores (1, Hi*Wi*A, K).
+        box deltas (1, A*4, Hi, Wi), [conf logits (1, A, Hi, Wi) | centerness logits
+        (1, 1, Hi, Wi),] scores (1, Hi*Wi*A, K).
     """
     if torch.compiler.is_exporting():
         padded = _normalized_and_padded(model, image)
@@ -71,7 +79,10 @@ def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[
     features = model.backbone(padded)
     predictions = list(model.head([features[f] for f in model.head_in_features]))
     cls_logits = [_anchor_major(x, model.num_classes) for x in predictions[0]]
-    if len(predictions) == 3:  # with object confidence: the fused score of DSANet.forward_inference
+    if isinstance(model, FCOS):  # FCOS.forward_inference's score (eq. 4 of arXiv:2006.09214)
+        ctrness = [_anchor_major(x, 1) for x in predictions[2]]
+        scores = [torch.sqrt(x.sigmoid() * c.sigmoid()) for x, c in zip(cls_logits, ctrness)]
+    elif len(predictions) == 3:  # with object confidence: the fused score of DSANet.forward_inference
         conf = [_anchor_major(x, 1) for x in predictions[2]]
         scores = [fuse_scores(x, c, model.score_fusion_alpha) for x, c in zip(cls_logits, conf)]
     else:
@@ -190,16 +201,23 @@ def load_program(path: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, ...]
 def program_limits(model: torch.nn.Module) -> List[str]:
     """Parts of ``model`` whose torch.export program cannot run on every image size, one line each.
 
-    CBAM spatial attention: its 7x7 convolution's output layout is decided from the map's size, so
-    the program asserts that every CBAM level has more than one position (a 128-pixel image has a
-    1x1 P7) and stops on smaller maps. The ONNX formats take such maps.
+    A convolution with one output channel (CBAM's 7x7 spatial attention; FCOS's centerness
+    predictor) has its output layout decided from the map's size, so the program asserts that
+    each such map has more than one position (a 128-pixel image has a 1x1 P7) and stops on
+    smaller maps. The ONNX formats and TorchScript take such maps.
     """
+    limits = []
     levels = sorted({name.split(".")[-2] for name, m in model.named_modules() if isinstance(m, SpatialAttention2d)})
-    if not levels:
-        return []
-    stride = max(int(level[1:]) for level in levels)
-    return [f"CBAM attention on {', '.join(levels)} needs more than one position per map (an image over "
-            f"{2 ** stride} pixels on one side for {levels[-1]})"]
+    if levels:
+        stride = max(int(level[1:]) for level in levels)
+        limits.append(f"CBAM attention on {', '.join(levels)} needs more than one position per map (an image over "
+                      f"{2 ** stride} pixels on one side for {levels[-1]})")
+    if isinstance(model, FCOS):
+        last = model.head_in_features[-1]
+        stride = model.backbone.output_shape()[last].stride
+        limits.append(f"FCOS's centerness conv (one output channel) needs more than one position per map (an image "
+                      f"over {stride} pixels on one side for {last})")
+    return limits
 
 
 def export_onnx_dynamo(program: "torch.export.ExportedProgram", model: torch.nn.Module, path: str) -> None:

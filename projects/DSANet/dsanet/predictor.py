@@ -21,7 +21,7 @@ from .checkpoint import CheckedCheckpointer
 from .errors import UserInputError
 from .precision import cpu_autocast_dtype
 
-__all__ = ["Predictor", "load_model"]
+__all__ = ["Predictor", "load_model", "input_format_of"]
 
 
 def load_model(cfg, weights: str, device: Optional[str] = None) -> torch.nn.Module:
@@ -31,6 +31,12 @@ def load_model(cfg, weights: str, device: Optional[str] = None) -> torch.nn.Modu
     model = instantiate(cfg.model).to(device or cfg.train.device).eval()
     CheckedCheckpointer(model).load(weights)
     return model
+
+
+def input_format_of(model: torch.nn.Module, cfg) -> str:
+    """The channel order ("BGR" or "RGB") that ``model`` takes: its ``input_format`` (RetinaNet,
+    DSANet), else that of the images the config's test loader feeds it (detectron2's FCOS keeps none)."""
+    return getattr(model, "input_format", None) or cfg.dataloader.test.mapper.get("image_format", "BGR")
 
 
 class Predictor:
@@ -53,7 +59,7 @@ class Predictor:
         self.autocast = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype is not None else contextlib.nullcontext
         test_mapper = self.cfg.dataloader.test.mapper
         self.augmentations = T.AugmentationList([instantiate(a) for a in test_mapper.get("augmentations", [])])
-        self.input_format = self.model.input_format
+        self.input_format = input_format_of(self.model, self.cfg)
         names = self.cfg.dataloader.test.dataset.names
         self.metadata = MetadataCatalog.get(names if isinstance(names, str) else names[0])
 
