@@ -55,9 +55,7 @@ class ModelSpec:
 
 
 # The compared models, by the names summary.json uses. A new family is two lines, its baseline
-# (against itself) and its variant, e.g.
-#   "FCOS": ModelSpec("COCO-Detection/fcos_R_50_FPN_1x.py", baseline="FCOS"),
-#   "DSA-FCOS": ModelSpec("COCO-Detection/dsa_fcos_R_50_FPN_1x.py", baseline="FCOS"),
+# (against itself) and its variant, as FCOS and DSA-FCOS below.
 MODELS: Dict[str, ModelSpec] = {
     "RetinaNet": ModelSpec("COCO-Detection/retinanet_R_50_FPN_1x.py"),
     "RetinaNet-Conf": ModelSpec("COCO-Detection/retinanet_conf_R_50_FPN_1x.py"),
@@ -65,6 +63,8 @@ MODELS: Dict[str, ModelSpec] = {
     "DSANet-Conf": ModelSpec("COCO-Detection/dsanet_conf_R_50_FPN_1x.py"),
     "DSANet-P3half": ModelSpec("Ablations/dsanet_p3half_k1_R_50_FPN_1x.py"),
     "DSANet-P3-P7": ModelSpec("Ablations/dsanet_self_p3-p7_R_50_FPN_1x.py"),
+    "FCOS": ModelSpec("COCO-Detection/fcos_R_50_FPN_1x.py", baseline="FCOS"),
+    "DSA-FCOS": ModelSpec("COCO-Detection/dsa_fcos_R_50_FPN_1x.py", baseline="FCOS"),
 }
 
 # glibc raises its mmap threshold after the first large free(), after which freed tensors stay

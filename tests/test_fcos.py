@@ -131,7 +131,7 @@ def test_the_demo_recipe_gives_plain_fcos_with_dsa_levels_empty():
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in baseline.state_dict().items()}
     assert model.head.dsa is None and model.num_classes == 3 and model.backbone.output_shape()["p3"].channels == 64
     with_dsa = instantiate(load_config(str(DEMO_CONFIG)).model)
-    assert sorted(with_dsa.head.dsa.cls_branch) == ["p4", "p5", "p6", "p7"]
+    assert sorted(with_dsa.head.dsa.cls_branch) == ["p3", "p4", "p5", "p6", "p7"]  # every object of the data is on P3
     study = load_config(str(CONFIGS / "Demo" / "dsa_fcos_synthetic_study_cpu.py"))
     assert (study.dataloader.synthetic.num_train, study.dataloader.synthetic.num_val) == (4000, 2000)
     assert study.model == load_config(str(DEMO_CONFIG)).model
@@ -191,7 +191,7 @@ def test_attention_maps_of_dsa_fcos(fcos_checkpoint, tmp_path, monkeypatch):
     predictor = Predictor(str(config), str(weights))
     inputs = {k: v for k, v in predictor.preprocess(predictor_image(predictor, images[0])).items() if k != "transform"}
     _, _, maps = attention_maps(predictor.model, inputs, torch.tensor([[40.0, 52.0]]))
-    assert {(m.branch, m.level) for m in maps} == {(b, f"p{i}") for b in ("cls", "reg") for i in range(4, 8)}
+    assert {(m.branch, m.level) for m in maps} == {(b, f"p{i}") for b in ("cls", "reg") for i in range(3, 8)}
     for m in maps:
         torch.testing.assert_close(m.maps.sum(dim=(-2, -1)), torch.ones(len(m.maps)))
 
