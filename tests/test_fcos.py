@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 
-from conftest import CONFIGS, load_script, make_inputs, tiny_model
+from conftest import CONFIGS, load_script, make_inputs, narrow_model_config, tiny_model
 from dsanet.config import load_config
 from dsanet.modeling import DSAFCOS, DSAFCOSHead, DecoupledSelfAttention
 from test_model import assert_same_detections, detections_of, losses_of
@@ -26,8 +26,32 @@ def tiny_fcos(config: str = DSA_FCOS_CONFIG, seed: int = 0, **head):
     return tiny_model(config, seed=seed, conv_dims=[64, 64], **head)
 
 
+def detectron2_fcos(seed: int = 0):
+    """The FCOS config, narrowed as :func:`tiny_fcos`, built as detectron2's own FCOS class."""
+    model = narrow_model_config(LazyConfig.load(str(CONFIGS / FCOS_CONFIG)).model)
+    model._target_ = FCOS  # the config's DSAFCOS differs only under autocast
+    model.head.conv_dims = [64, 64]
+    torch.manual_seed(seed)
+    return instantiate(model)
+
+
+def test_the_fcos_recipe_trains_under_cpu_bf16_autocast():
+    """train.amp.enabled=True on a CPU runs the network under bf16 autocast; detectron2's FCOS class
+    then stops in its GIoU loss, the config's DSAFCOS keeps losses and decoding fp32 and trains."""
+    from detectron2.utils.events import EventStorage
+
+    model = tiny_fcos(FCOS_CONFIG).train()
+    assert isinstance(model, DSAFCOS)
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(make_inputs())
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_with_dsa_off_it_is_fcos():
-    baseline = tiny_fcos(FCOS_CONFIG)
+    baseline = detectron2_fcos()
     model = tiny_fcos(seed=1, dsa_levels=[])
     assert type(baseline) is FCOS and type(baseline.head) is FCOSHead
     assert isinstance(model, DSAFCOS) and isinstance(model.head, DSAFCOSHead) and model.head.dsa is None
@@ -44,7 +68,7 @@ def test_with_dsa_off_it_is_fcos():
 
 
 def test_dsa_starts_as_fcos_then_learns_gamma():
-    baseline = tiny_fcos(FCOS_CONFIG)
+    baseline = detectron2_fcos()
     model = tiny_fcos(seed=1)  # DSA on p4-p7, gamma = 0
     assert isinstance(model.head.dsa, DecoupledSelfAttention)
     missing, unexpected = model.load_state_dict(baseline.state_dict(), strict=False)

@@ -1,10 +1,14 @@
 # detectron2's FCOS R50-FPN (its configs/common/models/fcos.py): anchor-free, with centerness,
 # built from the RetinaNet baseline. The plain-FCOS baseline of DSA-FCOS (common/models/dsa_fcos.py).
-from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+from detectron2.modeling.meta_arch.fcos import FCOSHead
+from dsanet.modeling import DSAFCOS
 
 from .retinanet import model
 
-model._target_ = FCOS
+# detectron2's FCOS, with its losses and decoding kept fp32 under CPU bf16 autocast
+# (train.amp.enabled=True): there detectron2's own class stops in fvcore's giou_loss (a bf16/fp32
+# index_put). Without autocast DSAFCOS is FCOS unchanged (tests/test_fcos.py).
+model._target_ = DSAFCOS
 
 # FCOS places one anchor point per location (a box of the level's stride), decodes with a linear
 # transform normalised by that stride, and matches by its own rule: none of these are arguments.
