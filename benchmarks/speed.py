@@ -248,46 +248,45 @@ def _several_baselines(results: Mapping[str, Mapping[str, Any]]) -> bool:
 def print_results(title: str, results: Mapping[str, Mapping[str, Any]], memory: bool) -> None:
     """One row per model: median seconds, per-round ratios to its baseline as median (min-max),
     FLOP ratio, time ratio / FLOP ratio (and memory); a baseline column when there are several."""
-    print(f"\n{title}")
-    several = _several_baselines(results)
-    headers = ["model"] + (["baseline"] if several else []) + [
-        "train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
-        "train/FLOP", "infer/FLOP"]
-    if memory:
-        headers += ["train peak MiB", "infer peak MiB"]
-    rows = []
-    for name, row in results.items():
-        first = [name] + ([row.get("baseline")] if several else [])
-        if "error" in row:
-            rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
-            continue
-        line = first + [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
-                        common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
-                        common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
-                        _spread(row, "inference_ratio_over_flop_ratio")]
+    columns = ["train s", "train ratio (min-max)", "infer s", "infer ratio (min-max)", "FLOP ratio",
+               "train/FLOP", "infer/FLOP"] + (["train peak MiB", "infer peak MiB"] if memory else [])
+
+    def cells(row: Mapping[str, Any]) -> List[Any]:
+        line = [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
+                common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
+                common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
+                _spread(row, "inference_ratio_over_flop_ratio")]
         if memory:
             line += [common.fmt(row.get("train_peak_mib"), 0), common.fmt(row.get("inference_peak_mib"), 0)]
-        rows.append(line)
-    print(common.format_table(headers, rows))
+        return line
+
+    _print_model_table(title, results, columns, cells)
 
 
 def print_bf16_results(title: str, results: Mapping[str, Mapping[str, Any]]) -> None:
     """One row per model in bf16: median seconds, per-round ratios to its fp32 baseline and
     per-round speed-ups over its own fp32 time, each as median (min-max)."""
+    columns = ["bf16 train s", "train ratio (min-max)", "train speed-up (min-max)",
+               "bf16 infer s", "infer ratio (min-max)", "infer speed-up (min-max)"]
+    _print_model_table(title, results, columns, lambda row: [
+        common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"), _spread(row, "train_speedup"),
+        common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"), _spread(row, "inference_speedup")])
+
+
+def _print_model_table(title: str, results: Mapping[str, Mapping[str, Any]], columns: Sequence[str],
+                       cells: Callable[[Mapping[str, Any]], List[Any]]) -> None:
+    """The title, then one row per model: its name, its baseline when there are several, and
+    ``cells(row)`` under ``columns``; a model that failed shows its error instead."""
     print(f"\n{title}")
     several = _several_baselines(results)
-    headers = ["model"] + (["baseline"] if several else []) + [
-        "bf16 train s", "train ratio (min-max)", "train speed-up (min-max)",
-        "bf16 infer s", "infer ratio (min-max)", "infer speed-up (min-max)"]
+    headers = ["model"] + (["baseline"] if several else []) + list(columns)
     rows = []
     for name, row in results.items():
         first = [name] + ([row.get("baseline")] if several else [])
         if "error" in row:
             rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
-            continue
-        rows.append(first + [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
-                             _spread(row, "train_speedup"), common.fmt(row["inference_s"], 3),
-                             _spread(row, "inference_ratio"), _spread(row, "inference_speedup")])
+        else:
+            rows.append(first + cells(row))
     print(common.format_table(headers, rows))
 
 

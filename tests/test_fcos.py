@@ -11,7 +11,7 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from conftest import CONFIGS, load_script, make_inputs, narrow_model_config, tiny_model
 from dsanet.config import load_config
 from dsanet.modeling import DSAFCOS, DSAFCOSHead, DecoupledSelfAttention
-from test_model import assert_same_detections, detections_of, losses_of
+from test_model import assert_same_detections, assert_trains_a_step_and_infers, detections_of, losses_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -130,14 +130,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_trains_a_step_and_infers(variant):
-    model = tiny_fcos(**VARIANTS[variant])
-    losses = losses_of(model, make_inputs())
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    dsa_grads = [p.grad for n, p in model.named_parameters() if ".dsa." in n and p.requires_grad]
-    assert dsa_grads and all(g is not None for g in dsa_grads)
-    detections = detections_of(model, make_inputs())
-    assert all(len(d) > 0 for d in detections)
+    assert_trains_a_step_and_infers(tiny_fcos(**VARIANTS[variant]))
 
 
 def test_the_demo_recipe_gives_plain_fcos_with_dsa_levels_empty():

@@ -233,9 +233,8 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_every_variant_trains_a_step_and_infers(variant):
-    model = tiny_model(**VARIANTS[variant])
+def assert_trains_a_step_and_infers(model) -> None:
+    """Finite losses, gradients reaching every DSA parameter, detections on every image."""
     losses = losses_of(model, make_inputs())
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -243,6 +242,11 @@ def test_every_variant_trains_a_step_and_infers(variant):
     assert dsa_grads and all(g is not None for g in dsa_grads)
     detections = detections_of(model, make_inputs())
     assert all(len(d) > 0 for d in detections)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_trains_a_step_and_infers(variant):
+    assert_trains_a_step_and_infers(tiny_model(**VARIANTS[variant]))
 
 
 def test_dsa_on_a_backbone_without_the_fpn_top_down_path():
