@@ -193,6 +193,53 @@ def test_every_run_keeps_its_detections_and_bootstrap_and_the_report_splits_the_
     assert "Noise of the validation sample" in (output / "summary.md").read_text()
 
 
+def test_a_study_whose_run_folders_are_gone_imports_its_results_json_and_trains_only_the_new_seed(
+        study, tiny_data, tmp_path):
+    """A kept results.json (run folders lost with a machine) extends to a third seed: seeds 0-1 are read
+    from it, seed 2 is trained, and the image-bootstrap part of the interval says it covers 1 seed of 3."""
+    kept = tmp_path / "kept_results.json"
+    kept.write_text((study["output"] / "results.json").read_text())
+    output = tmp_path / "extended"
+    command = [sys.executable, str(TOOL), "--config-file", str(DEMO_CONFIG), "--seeds", "3", "--output", str(output),
+               "--import-results", str(kept),
+               "--variant", "retinanet: model.head.dsa_levels=[] model.head.with_confidence=False",
+               "--variant", "dsanet_conf:", *tiny_schedule(tiny_data)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count(f"imported from {kept}") == 4
+    assert done.stdout.count(": training ...") == 2 and "retinanet seed 2: training" in done.stdout
+    before = {(r["variant"], r["seed"]): r["metrics"] for r in study["first_results"]["runs"]}
+    results = json.loads((output / "results.json").read_text())
+    for run in results["runs"]:
+        if run["seed"] < 2:
+            assert run["status"] == "reused" and run["metrics"] == before[(run["variant"], run["seed"])]
+            marker = json.loads((output / run["directory"] / MARKER).read_text())
+            assert marker["imported_from"] == str(kept)
+        else:
+            assert run["status"] == "done"
+    [difference] = results["differences"]
+    assert difference["AP"]["n"] == 3 and difference["bootstrap"]["n"] == 1
+    assert difference["decomposition"]["validation_seeds"] == 1
+    assert "(seeds: 1 of 3)" in (output / "summary.md").read_text()
+
+
+def test_imports_skip_runs_made_with_other_overrides_and_name_a_file_that_is_not_a_study(study, tiny_data, tmp_path):
+    lines = []
+    runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(DEMO_CONFIG),
+                         common_overrides=tiny_schedule(tiny_data), log=lines.append)
+    variants = [parse_variant("retinanet: model.head.dsa_levels=[]"), parse_variant("dsanet_conf:")]
+    runs = plan_runs(variants, [0, 1], tmp_path)
+    imported = runner.import_finished(runs, variants, study["output"] / "results.json")
+    assert [r.label for r in imported] == ["dsanet_conf seed 0", "dsanet_conf seed 1"]
+    assert not (tmp_path / "runs" / "retinanet" / "seed0" / MARKER).exists()
+    assert lines[0].startswith("retinanet seed 0: not imported from")
+    not_a_study = tmp_path / "metrics.json"
+    not_a_study.write_text('{"AP": 1}')
+    with pytest.raises(UserInputError, match="metrics.json: not a study's results.json"):
+        runner.import_finished(runs, variants, not_a_study)
+
+
 def test_a_run_that_crashes_is_reported_with_its_error_and_leaves_no_marker(tiny_data, tmp_path):
     """A key that exists but a value train_net.py rejects only once it builds the model."""
     lines = []

@@ -13,8 +13,10 @@ training, and the seeds and images a +-1.0 / +-0.5 AP interval needs), plots, an
 
 Seed s sets train.seed=s for every variant (paired). A second invocation with the same output folder
 reads the runs that finished and runs only the rest; an interrupted training resumes from its last
-checkpoint. A run that fails is reported by name with its error, and the others go on. The
-report files are rewritten after every run (runs not yet made are listed as "pending").
+checkpoint. A study whose run folders are gone resumes from its kept results.json with
+--import-results (those runs keep their numbers, not their detections). A run that fails is reported
+by name with its error, and the others go on. The report files are rewritten after every run (runs
+not yet made are listed as "pending").
 Several invocations may share one output folder: each run is locked while it is made, so none is
 made twice, and each invocation waits for the others' runs before its final report.
 """
@@ -42,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also report VARIANT's paired difference against AGAINST (repeat)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, the same for every variant")
     parser.add_argument("--output", required=True, help="study folder (runs/, results.json, summary.md, plots)")
+    parser.add_argument("--import-results", metavar="RESULTS_JSON",
+                        help="an earlier study's results.json (same config): its finished runs count as finished "
+                             "here, without their detections (for a study whose run folders are gone)")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides for every run")
     return parser.parse_args(argv)
@@ -69,8 +74,12 @@ def main(args: argparse.Namespace) -> int:
         write_report(output, config_file=args.config_file, common_overrides=args.opts, variants=variants,
                      seeds=seeds, runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons)
 
+    planned = plan_runs(variants, seeds, output)
+    if args.import_results:
+        for run in runner.import_finished(planned, variants, Path(args.import_results)):
+            print(f"{run.label}: imported from {args.import_results}", flush=True)
     # The report is rewritten after every run: a study stopped part-way still leaves its tables.
-    runs = runner.run_all(plan_runs(variants, seeds, output), variants, after_each=report)
+    runs = runner.run_all(planned, variants, after_each=report)
     report(runs)
     print((output / "summary.md").read_text(), flush=True)
     failed = [r.label for r in runs if not r.ok]

@@ -124,10 +124,16 @@ def _bootstrap_markdown(variants, runs, differences) -> List[str]:
         need = parts["needed"]
         lines.append(
             f"| {d['variant']} | {d['against']} | {d['AP']['n']} | {_fmt(d['AP']['mean'], 2)} | {_fmt(parts['seed_sd'], 2)} | "
-            f"{_fmt(parts['training_half'], 2)} | {_fmt(parts['validation_half'], 2)} | "
+            f"{_fmt(parts['training_half'], 2)} | {_fmt(parts['validation_half'], 2)}{_over_fewer_seeds(d)} | "
             f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}] | {need['1.0']['seeds'] or 'out of reach'} | "
             f"{need['0.5']['seeds'] or 'out of reach'} | {need['0.5']['images']} ({need['0.5']['seeds_with_more_images']}) |")
     return lines
+
+
+def _over_fewer_seeds(difference: Dict) -> str:
+    """' (seeds: 2 of 4)' when the validation part was measured over fewer seeds than the training part."""
+    k, n = difference["decomposition"].get("validation_seeds"), difference["AP"]["n"]
+    return f" (seeds: {k} of {n})" if k is not None and k != n else ""
 
 
 def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, float], Dict]]:
@@ -219,9 +225,12 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
             for m in DIFF_METRICS}}
         paired = paired_bootstrap(_replicated(runs, name), _replicated(runs, against))
         difference["bootstrap"] = paired
-        if paired and paired["n"] == (difference["AP"] or {}).get("n"):  # the same seeds in both
+        if paired and difference["AP"]:
+            # Runs imported without detections (compare_variants.py --import-results) have no replicates:
+            # the validation part is then measured over fewer seeds than the training part (said in the table).
             images = _run_spread(runs, name)["num_images"]
-            difference["decomposition"] = decompose_interval(difference["AP"], paired["AP"]["mean"], images)
+            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], images)
+            difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}
         differences.append(difference)
     results = {
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),

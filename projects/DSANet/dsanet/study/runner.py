@@ -193,6 +193,46 @@ class StudyRunner:
             return "ETA ?"
         return f"ETA {'> ' if unknown else ''}{format_duration(total)}"
 
+    def import_finished(self, runs: Sequence[Run], variants: Sequence[Variant], results_file: Path) -> List[Run]:
+        """Take the finished runs recorded in an earlier study's ``results.json`` as finished here.
+
+        For a study whose run folders are gone (a new machine) but whose results.json was kept: each
+        planned run without a marker, whose variant, seed and overrides match a run that finished there,
+        gets a marker holding that run's metrics and bootstrap summary (and ``imported_from``), so it is
+        read, not retrained. Its detections are not in results.json, so it adds nothing to the paired
+        image bootstrap of differences (the report says over how many seeds that was measured).
+        Returns the runs given a marker."""
+        try:
+            earlier = json.loads(Path(results_file).read_text())
+            records = {(r["variant"], r["seed"]): r for r in earlier["runs"] if r["status"] in ("done", "reused")}
+            earlier_overrides = {v["name"]: list(earlier["common_overrides"]) + list(v["overrides"])
+                                 for v in earlier["variants"]}
+            earlier_config = Path(earlier["config_file"]).name
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserInputError(f"{results_file}: not a study's results.json ({type(e).__name__}: {e})") from e
+        if earlier_config != Path(self.config_file).name:
+            raise UserInputError(f"{results_file}: its study used {earlier['config_file']}, not {self.config_file}")
+        sources = {v.name: v for v in variants}
+        imported = []
+        for run in runs:
+            record = records.get((run.variant.name, run.seed))
+            marker = run.directory / MARKER
+            if record is None or marker.is_file():
+                continue
+            mine = list(self.common_overrides) + (sources[run.variant.source].overrides if not run.variant.trained
+                                                  else []) + list(run.variant.overrides)
+            theirs = earlier_overrides.get(run.variant.name)
+            if theirs is None or _portable(theirs) != _portable(mine):
+                self.log(f"{run.label}: not imported from {results_file}: its overrides there were {theirs}")
+                continue
+            run.directory.mkdir(parents=True, exist_ok=True)
+            _write_json(marker, {"variant": run.variant.name, "seed": run.seed, "config_file": self.config_file,
+                                 "overrides": self.overrides(run, sources), "metrics": record["metrics"],
+                                 "bootstrap": record.get("bootstrap") or {}, "seconds": record.get("seconds"),
+                                 "imported_from": str(results_file)})
+            imported.append(run)
+        return imported
+
     def _reuse(self, run: Run, overrides: List[str]) -> bool:
         marker = run.directory / MARKER
         if not marker.is_file():
@@ -203,7 +243,9 @@ class StudyRunner:
                 f"{run.directory} holds a finished run with other overrides ({saved.get('overrides')}); "
                 "delete that folder or choose another --output")
             return True
-        run.status, run.metrics, run.seconds = "reused", saved["metrics"], saved.get("seconds", math.nan)
+        # A metric with no objects of its size is NaN; results.json (imported markers) holds it as null.
+        metrics = {m: math.nan if v is None else v for m, v in saved["metrics"].items()}
+        run.status, run.metrics, run.seconds = "reused", metrics, saved.get("seconds") or math.nan
         run.bootstrap = saved.get("bootstrap") or {}
         if not run.bootstrap or run.replicates() is None:  # finished before the bootstrap existed
             self._add_bootstrap(run, overrides)
