@@ -124,6 +124,12 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _model_overrides(variant: Variant, sources: Dict[str, Variant], common: Sequence[str]) -> List[str]:
+    """What a variant's runs are made with, paths and seed aside: the common overrides, the source's
+    (evaluation-only variants), then its own."""
+    return [*common, *(sources[variant.source].overrides if not variant.trained else ()), *variant.overrides]
+
+
 def _portable(overrides: Sequence[str]) -> List[str]:
     """Overrides without the study's own paths, so a study folder can be moved and still resume."""
     return [o for o in overrides if not o.startswith(("train.output_dir=", "train.init_checkpoint="))]
@@ -159,10 +165,7 @@ class StudyRunner:
     def overrides(self, run: Run, sources: Dict[str, Variant]) -> List[str]:
         """The run's overrides in order: common, the source's (evaluation-only), the variant's, the study's."""
         variant = run.variant
-        own = list(self.common_overrides)
-        if not variant.trained:
-            own += sources[variant.source].overrides
-        own += list(variant.overrides)
+        own = _model_overrides(variant, sources, self.common_overrides)
         own += [f"train.output_dir={run.directory}", f"train.seed={run.seed}"]
         if not variant.trained:
             checkpoint = run.directory.parent.parent / variant.source / f"seed{run.seed}" / "model_final.pth"
@@ -205,8 +208,10 @@ class StudyRunner:
         try:
             earlier = json.loads(Path(results_file).read_text())
             records = {(r["variant"], r["seed"]): r for r in earlier["runs"] if r["status"] in ("done", "reused")}
-            earlier_overrides = {v["name"]: list(earlier["common_overrides"]) + list(v["overrides"])
-                                 for v in earlier["variants"]}
+            earlier_variants = {v["name"]: Variant(v["name"], tuple(v["overrides"]), v["source"])
+                                for v in earlier["variants"]}
+            earlier_overrides = {name: _model_overrides(v, earlier_variants, earlier["common_overrides"])
+                                 for name, v in earlier_variants.items()}
             earlier_config = Path(earlier["config_file"]).name
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserInputError(f"{results_file}: not a study's results.json ({type(e).__name__}: {e})") from e
@@ -219,10 +224,9 @@ class StudyRunner:
             marker = run.directory / MARKER
             if record is None or marker.is_file():
                 continue
-            mine = list(self.common_overrides) + (sources[run.variant.source].overrides if not run.variant.trained
-                                                  else []) + list(run.variant.overrides)
             theirs = earlier_overrides.get(run.variant.name)
-            if theirs is None or _portable(theirs) != _portable(mine):
+            if theirs is None or _portable(theirs) != _portable(_model_overrides(run.variant, sources,
+                                                                                 self.common_overrides)):
                 self.log(f"{run.label}: not imported from {results_file}: its overrides there were {theirs}")
                 continue
             run.directory.mkdir(parents=True, exist_ok=True)
