@@ -1,0 +1,153 @@
+"""What a kept result depends on, recorded beside it: the command, the date and the machine.
+
+A number read in the docs is only as good as what can be said about where it came from. Every kept
+results JSON carries ``{"provenance": provenance()}``: the command line that made it, the UTC date,
+and :func:`machine_record` (processor model and flags, GPU, library versions, intra-op threads). The
+docs' tables print that record beside the numbers (``tools/render_docs.py``).
+"""
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+# CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+# Distribution names whose versions a result depends on (a missing one is recorded as None).
+LIBRARIES = ("torch", "torchvision", "detectron2", "numpy", "opencv-python-headless", "opencv-python",
+             "Pillow", "pycocotools", "dsanet")
+
+
+def _cpuinfo_fields() -> Dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo (keys lower-cased), or {}."""
+    fields: Dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def _lscpu_flags() -> Optional[List[str]]:
+    """The words of ``lscpu``'s Flags line, or None where lscpu is absent."""
+    try:
+        output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in output.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "flags":
+            return value.split()
+    return None
+
+
+def cpu_record(flag_names: Sequence[str] = CPU_FLAGS) -> Dict[str, Any]:
+    """The processor: model name, family/model/stepping numbers, and which of ``flag_names`` it has.
+
+    A flag is True/False where /proc/cpuinfo or lscpu could be read, else None (never assumed).
+    """
+    fields = _cpuinfo_fields()
+    flags = fields["flags"].split() if "flags" in fields else _lscpu_flags()
+    present = set(flags or ())
+    return {
+        "model_name": fields.get("model name") or platform.processor() or "unknown",
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "stepping": fields.get("stepping"),
+        "flags": {name: (name in present) if flags is not None else None for name in flag_names},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cores": os.cpu_count(),
+    }
+
+
+def cpu_summary(cpu: Dict[str, Any]) -> str:
+    """One line for a table caption, e.g. ``Intel(R) Xeon(R) Processor (family 6 model 143; avx512f,
+    amx_tile)``, from a :func:`cpu_record`."""
+    numbers = ", ".join(f"{key} {cpu[key]}" for key in ("family", "model") if cpu.get(key) is not None)
+    flags = [name for name, present in (cpu.get("flags") or {}).items() if present]
+    details = "; ".join(part for part in (numbers, ", ".join(flags) or "none of " + "/".join(CPU_FLAGS)) if part)
+    return f"{cpu.get('model_name', 'unknown')} ({details})"
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> Dict[str, Optional[str]]:
+    """Installed version of each distribution in ``names``, None where it is not installed.
+
+    detectron2 built from source may not register distribution metadata; its module version is the
+    fallback.
+    """
+    versions: Dict[str, Optional[str]] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if versions.get("detectron2") is None:
+        try:
+            import detectron2
+
+            versions["detectron2"] = detectron2.__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def gpu_record() -> Optional[Dict[str, Any]]:
+    """The CUDA device in use (name, memory, CUDA and cuDNN versions), or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    properties = torch.cuda.get_device_properties(index)
+    return {
+        "name": properties.name,
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "count": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+
+
+def machine_record() -> Dict[str, Any]:
+    """Everything about this machine and its software that moves a result."""
+    return {
+        "cpu": cpu_record(),
+        "gpu": gpu_record(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command that is running, as a shell line: ``python tools/x.py --flag value``."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and argv[0].endswith(".py"):
+        try:
+            argv[0] = str(Path(argv[0]).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return shlex.join(["python", *argv])
+
+
+def provenance(command: Optional[str] = None) -> Dict[str, Any]:
+    """``{"command", "date", "machine"}`` for a results file: what made it, when, and where."""
+    return {
+        "command": command if command is not None else command_line(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine_record(),
+    }

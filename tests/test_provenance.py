@@ -1,0 +1,31 @@
+"""The record every kept result carries: the command, the date and the machine that made it."""
+import datetime
+
+import torch
+
+from dsanet.provenance import CPU_FLAGS, command_line, cpu_summary, provenance
+
+
+def test_provenance_records_command_date_and_machine():
+    record = provenance(command="python tools/compare_variants.py --seeds 2")
+    assert record["command"] == "python tools/compare_variants.py --seeds 2"
+    datetime.date.fromisoformat(record["date"])
+    machine = record["machine"]
+    assert machine["torch_threads"] == torch.get_num_threads()
+    assert machine["libraries"]["torch"] == torch.__version__.split("+")[0] or \
+        machine["libraries"]["torch"] == torch.__version__
+    assert machine["libraries"]["detectron2"]  # found from metadata or the module
+    assert set(machine["cpu"]["flags"]) == set(CPU_FLAGS)
+    assert machine["cpu"]["model_name"]
+
+
+def test_command_line_quotes_arguments_a_shell_can_replay():
+    line = command_line(["train_net.py", "--config-file", "configs/x.py", "model.head.dsa_levels=[]",
+                         "--variant", "a b: c"])
+    assert line == "python train_net.py --config-file configs/x.py 'model.head.dsa_levels=[]' --variant 'a b: c'"
+
+
+def test_cpu_summary_names_model_and_present_flags_only():
+    cpu = {"model_name": "Some CPU", "family": "25", "model": "1",
+           "flags": {"avx2": True, "avx512f": False, "amx_tile": None}}
+    assert cpu_summary(cpu) == "Some CPU (family 25, model 1; avx2)"
