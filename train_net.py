@@ -28,6 +28,7 @@ from dsanet.config import check_device, load_config
 from dsanet.data import check_num_classes, register_datasets_for
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
+from dsanet.provenance import record_invocation
 
 logger = logging.getLogger("dsanet")
 
@@ -47,6 +48,8 @@ def main(args) -> None:
     default_setup(cfg, args)
     # default_setup sets up detectron2's and fvcore's loggers; ours goes to the same console and log.txt.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
+    if comm.is_main_process():  # what the results of this output folder depend on (dsanet.provenance)
+        record_invocation(cfg.train.output_dir, world_size=comm.get_world_size(), eval_only=args.eval_only)
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)

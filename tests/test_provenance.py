@@ -1,5 +1,6 @@
 """The record every kept result carries: the command, the date and the machine that made it."""
 import datetime
+import json
 
 import torch
 
@@ -29,3 +30,13 @@ def test_cpu_summary_names_model_and_present_flags_only():
     cpu = {"model_name": "Some CPU", "family": "25", "model": "1",
            "flags": {"avx2": True, "avx512f": False, "amx_tile": None}}
     assert cpu_summary(cpu) == "Some CPU (family 25, model 1; avx2)"
+
+
+def test_record_invocation_appends_one_entry_per_invocation(tmp_path):
+    from dsanet.provenance import record_invocation
+
+    record_invocation(str(tmp_path), world_size=1)
+    path = record_invocation(str(tmp_path), world_size=2)
+    invocations = json.loads(path.read_text())["invocations"]
+    assert [i["world_size"] for i in invocations] == [1, 2]
+    assert all("machine" in i and "command" in i for i in invocations)

@@ -62,6 +62,14 @@ def test_training_writes_checkpoints_logs_and_config(trained):
     assert (trained / "last_checkpoint").read_text() == "model_final.pth"
 
 
+def test_training_records_what_its_results_depend_on(trained):
+    (invocation,) = json.loads((trained / "provenance.json").read_text())["invocations"]
+    assert "train_net.py" in invocation["command"] and "train.max_iter=6" in invocation["command"]
+    assert invocation["machine"]["cpu"]["model_name"] and invocation["machine"]["libraries"]["detectron2"]
+    assert invocation["machine"]["torch_threads"] >= 1
+    assert invocation["world_size"] == 1 and invocation["eval_only"] is False
+
+
 def test_eval_period_0_means_no_evaluation(trained):
     assert not (trained / "inference").exists()
     assert "ten numbers" not in (trained / "stdout.txt").read_text()

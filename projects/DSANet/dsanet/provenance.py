@@ -6,6 +6,7 @@ and :func:`machine_record` (processor model and flags, GPU, library versions, in
 docs' tables print that record beside the numbers (``tools/render_docs.py``).
 """
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -151,3 +152,23 @@ def provenance(command: Optional[str] = None) -> Dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine_record(),
     }
+
+
+INVOCATIONS_FILE = "provenance.json"
+
+
+def record_invocation(output_dir: str, **extra: Any) -> Path:
+    """Append this process's :func:`provenance` (plus ``extra``, e.g. the world size) to
+    ``<output_dir>/provenance.json`` (``{"invocations": [...]}``): a run resumed on another machine
+    or with another thread count keeps the record of each part."""
+    path = Path(output_dir) / INVOCATIONS_FILE
+    try:
+        invocations = json.loads(path.read_text())["invocations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        invocations = []
+    invocations.append({**provenance(), **extra})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps({"invocations": invocations}, indent=1))
+    os.replace(temporary, path)
+    return path
