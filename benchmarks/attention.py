@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import common
 from dsanet.modeling import DSABlock, SelfAttention2d
-from dsanet.modeling.attention import ATTENTION_IMPLS, attention_path
+from benchmarks.attention_reference import ATTENTION_IMPLS, attention_path
 from dsanet.modeling.blockwise import attention_flops
 
 LEVEL_STRIDES: Dict[str, int] = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}

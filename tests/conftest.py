@@ -19,6 +19,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 TINY_IMAGE_SIZES = ((64, 96), (80, 72))  # odd (H, W) sizes: padding to the FPN stride must work
 
+# The paper's DSA variants as head overrides of common/models/dsanet.py (and dsa_fcos.py, which
+# shares its DSA settings): every detector with DSA trains and infers with each.
+DSA_VARIANTS = {
+    "cbam_p3_p7": dict(dsa_levels={f"p{i}": "cbam" for i in range(3, 8)}),
+    "self_p4_p7": dict(),
+    "shared": dict(dsa_shared=True),
+    "after_towers": dict(dsa_location="after"),
+    "shared_after_towers": dict(dsa_shared=True, dsa_location="after"),
+    "gamma_fixed_1": dict(dsa_learn_gamma=False),
+    "p3_half_k1": dict(dsa_levels={"p3": "self_half_k1", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
+    "p3_half_k3": dict(dsa_levels={"p3": "self_half_k3", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
+    "self_p3_p7_full_resolution": dict(dsa_levels=["p3", "p4", "p5", "p6", "p7"]),
+}
+
 
 def make_inputs(num_classes: int = 3, with_gt: bool = True, seed: int = 0) -> list:
     """Two images in detectron2's input format, with boxes that lie inside them."""

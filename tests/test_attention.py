@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dsanet.modeling import (
-    SelfAttention2d, attention_path, auto_attention, blockwise_attention, dense_attention, fused_attention,
-)
+from dsanet.export import export_attention
+from dsanet.modeling import SelfAttention2d, attention_path, auto_attention, blockwise_attention, dense_attention
 from dsanet.modeling import blockwise as blockwise_module
 from dsanet.modeling.attention import DENSE_BUDGET_BYTES
 
@@ -37,7 +36,7 @@ def test_every_path_matches_dense_softmax_reference(length, qk_dim, v_dim):
     scale = 1.0 / math.sqrt(qk_dim)
     by_hand = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(qk_dim), dim=-1) @ v
     torch.testing.assert_close(dense_attention(q, k, v, scale), by_hand, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused_attention(q, k, v, scale), by_hand, **FP32_TOL)
+    torch.testing.assert_close(export_attention(q, k, v, scale), by_hand, **FP32_TOL)
     torch.testing.assert_close(blockwise_attention(q, k, v, scale), by_hand, **FP32_TOL)
     torch.testing.assert_close(auto_attention(q, k, v, scale), by_hand, **FP32_TOL)
 
@@ -102,7 +101,7 @@ def test_blockwise_under_autocast_and_backward_inside_autocast_stay_fp32_inside(
         torch.testing.assert_close(got, reference, **FP32_TOL)
 
 
-@pytest.mark.parametrize("impl", ["auto", "blockwise", "sdpa_padded"])
+@pytest.mark.parametrize("impl", ["auto", "blockwise", "sdpa", export_attention])
 @pytest.mark.parametrize("stride,kernel_size", [(1, 1), (2, 1), (2, 3)])
 def test_self_attention_module_equals_dense(impl, stride, kernel_size, monkeypatch):
     # An 8 KiB block budget splits batch 2 of 13x10 (7x5 at half resolution) into blocks of 7 (29) rows.

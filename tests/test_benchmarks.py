@@ -19,7 +19,7 @@ CHANNELS, HEIGHT, WIDTH = 64, 12, 16
 
 def branch_flops(impl: str, **kwargs):
     torch.manual_seed(0)
-    branch = DSABlock(SelfAttention2d(CHANNELS, impl=impl, **kwargs))
+    branch = DSABlock(SelfAttention2d(CHANNELS, impl=attention.ATTENTION_IMPLS[impl], **kwargs))
     return model_cost.module_flops(branch, (torch.randn(1, CHANNELS, HEIGHT, WIDTH),))
 
 

@@ -1,4 +1,5 @@
-"""Two gloo processes train exactly like one process with their whole batch, for every model variant."""
+"""Two gloo processes train exactly like one process with their whole batch, on DSANet and DSA-FCOS;
+every model variant trains under DDP."""
 import copy
 from datetime import timedelta
 
@@ -6,9 +7,8 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-from conftest import make_inputs, tiny_model
+from conftest import DSA_VARIANTS, make_inputs, tiny_model
 from dsanet import compat
-from test_model import VARIANTS
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) launch path")]
@@ -19,7 +19,18 @@ STEPS = 3
 # fp32 sums taken in another order (batch-norm statistics, the gradient all-reduce) differ in the
 # last bits; after STEPS SGD steps they stay far below this.
 RTOL, ATOL = 1e-4, 1e-6
-DDP_VARIANTS = {"retinanet": dict(dsa_levels=[]), **VARIANTS}
+DDP_VARIANTS = {"retinanet": dict(dsa_levels=[]), **DSA_VARIANTS, "confidence": dict(with_confidence=True)}
+# The detectors of the equality test, as (config, backbone norm, head overrides), and their losses.
+# FCOS's towers are 64 wide, so that GN's 32 groups hold 2 channels each (see tests/test_fcos.py).
+# Its backbone keeps FrozenBN: GN over 2 values (a 1x1 P7 of these images) divides by their tiny
+# spread, which turns the last-bit differences of synchronised BN's all-reduced statistics into
+# gradient differences near 1%; each image's features are then computed bit for bit alike.
+DETECTORS = {
+    "dsanet_conf": ("common/models/dsanet.py", NORM, dict(with_confidence=True),
+                    {"loss_cls", "loss_box_reg", "loss_conf"}),
+    "dsa_fcos": ("common/models/dsa_fcos.py", "FrozenBN", dict(conv_dims=[64, 64]),
+                 {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}),
+}
 LAUNCH_TIMEOUT = timedelta(minutes=5)  # a rank waiting on a gradient that never comes fails, not hangs
 
 
@@ -46,26 +57,29 @@ def train_steps(model: torch.nn.Module, inputs: list, steps: int = STEPS) -> lis
     return records
 
 
-def ddp_model(**head_overrides) -> torch.nn.Module:
+def ddp_model(config: str = "common/models/dsanet.py", norm: str = NORM, **head_overrides) -> torch.nn.Module:
     # As train_net builds it (configs/common/train.py: train.ddp).
-    return compat.create_ddp_model(tiny_model(norm=NORM, **head_overrides), broadcast_buffers=False,
+    return compat.create_ddp_model(tiny_model(config, norm=norm, **head_overrides), broadcast_buffers=False,
                                    find_unused_parameters=False)
 
 
-def _equality_worker(output_dir: str) -> None:
+def _equality_worker(output_dir: str, detector: str) -> None:
     from detectron2.utils import comm
 
+    config, norm, head, _ = DETECTORS[detector]
     rank = comm.get_rank()
-    records = train_steps(ddp_model(with_confidence=True), whole_batch()[2 * rank:2 * rank + 2])
+    records = train_steps(ddp_model(config, norm, **head), whole_batch()[2 * rank:2 * rank + 2])
     torch.save(records, f"{output_dir}/rank{rank}.pt")
 
 
-def test_two_processes_of_batch_2_equal_one_process_of_batch_4(tmp_path):
-    compat.launch(_equality_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_two_processes_of_batch_2_equal_one_process_of_batch_4(tmp_path, detector):
+    compat.launch(_equality_worker, 2, args=(str(tmp_path), detector), timeout=LAUNCH_TIMEOUT)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    single = train_steps(tiny_model(norm=NORM, with_confidence=True), whole_batch())
+    config, norm, head, loss_names = DETECTORS[detector]
+    single = train_steps(tiny_model(config, norm=norm, **head), whole_batch())
     for step, expected in enumerate(single):
-        assert set(ranks[0][step]["losses"]) == set(expected["losses"]) >= {"loss_cls", "loss_box_reg", "loss_conf"}
+        assert set(ranks[0][step]["losses"]) == set(expected["losses"]) == loss_names
         for name, value in expected["losses"].items():
             # Each process's loss is its share; their mean is what DDP's averaged gradient descends.
             mean = (ranks[0][step]["losses"][name] + ranks[1][step]["losses"][name]) / 2

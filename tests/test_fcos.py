@@ -8,7 +8,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 
-from conftest import CONFIGS, load_script, make_inputs, narrow_model_config, tiny_model
+from conftest import CONFIGS, DSA_VARIANTS, load_script, make_inputs, narrow_model_config, tiny_model
 from dsanet.config import load_config
 from dsanet.modeling import DSAFCOS, DSAFCOSHead, DecoupledSelfAttention
 from test_model import assert_same_detections, assert_trains_a_step_and_infers, detections_of, losses_of
@@ -115,22 +115,9 @@ def test_the_cls_branch_reaches_only_the_logits_and_the_box_branch_box_and_cente
             assert same != (i in changed), (branch, ["logits", "bbox_reg", "ctrness"][i])
 
 
-VARIANTS = {
-    "cbam_p3_p7": dict(dsa_levels={f"p{i}": "cbam" for i in range(3, 8)}),
-    "self_p4_p7": dict(),
-    "shared": dict(dsa_shared=True),
-    "after_towers": dict(dsa_location="after"),
-    "shared_after_towers": dict(dsa_shared=True, dsa_location="after"),
-    "gamma_fixed_1": dict(dsa_learn_gamma=False),
-    "p3_half_k1": dict(dsa_levels={"p3": "self_half_k1", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
-    "p3_half_k3": dict(dsa_levels={"p3": "self_half_k3", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
-    "self_p3_p7_full_resolution": dict(dsa_levels=["p3", "p4", "p5", "p6", "p7"]),
-}
-
-
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(DSA_VARIANTS))
 def test_every_variant_trains_a_step_and_infers(variant):
-    assert_trains_a_step_and_infers(tiny_fcos(**VARIANTS[variant]))
+    assert_trains_a_step_and_infers(tiny_fcos(**DSA_VARIANTS[variant]))
 
 
 def test_the_demo_recipe_gives_plain_fcos_with_dsa_levels_empty():
@@ -239,7 +226,7 @@ def test_exports_of_dsa_fcos_equal_eager_and_a_1x1_p7_is_named_for_the_program(f
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
     assert status == 1 and list(report["failures"]) == ["exported_program"]
     line = report["failures"]["exported_program"]
-    assert "\n" not in line and "(128, 128)" in line and "centerness" in line and "p7" in line
+    assert "\n" not in line and "(128, 128)" in line and "head.ctrness" in line and "p7" in line
     parity = report["parity"]["torchscript"]
     assert parity["detections"] > 0 and parity["mismatched_images"] == 0
     assert parity["raw_max_abs"] <= 1e-4 and parity["box_max_abs"] <= 1e-3 and parity["score_max_abs"] <= 1e-3

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.events import EventStorage
 
-from conftest import make_inputs, tiny_model
+from conftest import DSA_VARIANTS, make_inputs, tiny_model
 from dsanet.modeling import DSABlock, DSANet, SelfAttention2d, SpatialAttention2d, fuse_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -219,27 +219,36 @@ def test_a_retinanet_checkpoint_initialises_dsanet(tmp_path):
     assert any(".dsa." in k for k in new_params) and any("object_confidence" in k for k in new_params)
 
 
-VARIANTS = {
-    "cbam_p3_p7": dict(dsa_levels={f"p{i}": "cbam" for i in range(3, 8)}),
-    "self_p4_p7": dict(),
-    "shared": dict(dsa_shared=True),
-    "after_towers": dict(dsa_location="after"),
-    "shared_after_towers": dict(dsa_shared=True, dsa_location="after"),
-    "gamma_fixed_1": dict(dsa_learn_gamma=False),
-    "p3_half_k1": dict(dsa_levels={"p3": "self_half_k1", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
-    "p3_half_k3": dict(dsa_levels={"p3": "self_half_k3", "p4": "self", "p5": "self", "p6": "self", "p7": "self"}),
-    "self_p3_p7_full_resolution": dict(dsa_levels=["p3", "p4", "p5", "p6", "p7"]),
-    "confidence": dict(with_confidence=True),
-}
+VARIANTS = {**DSA_VARIANTS, "confidence": dict(with_confidence=True)}
+
+
+def set_gammas(model, value: float) -> None:
+    """Every learned DSA gamma to ``value`` (at 0 the attention convs' gradients are exactly zero)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(value)
 
 
 def assert_trains_a_step_and_infers(model) -> None:
-    """Finite losses, gradients reaching every DSA parameter, detections on every image."""
+    """With gamma 0.5: finite losses that give every DSA parameter a gradient (DDP needs one), a
+    non-zero gradient on every DSA parameter from the head's outputs, detections on every image.
+
+    Why two gradients: the box losses see only positive anchors, and a level without positives
+    (P6/P7 of a 64x96 image) gives its box branch an exactly zero loss gradient. The head's
+    outputs are taken on a 256x384 image, whose P7 has 2x3 positions: on a 1x1 map attention
+    is V whatever Q and K are, so their gradient is exactly zero there.
+    """
+    set_gammas(model, 0.5)
     losses = losses_of(model, make_inputs())
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    dsa_grads = [p.grad for n, p in model.named_parameters() if ".dsa." in n and p.requires_grad]
-    assert dsa_grads and all(g is not None for g in dsa_grads)
+    dsa = {n: p for n, p in model.named_parameters() if ".dsa." in n}
+    assert dsa and all(p.requires_grad and p.grad is not None for p in dsa.values())
+    features = [f.detach() for f in model.backbone(torch.randn(1, 3, 256, 384)).values()]
+    outputs = [x for per_kind in model.head(features) for x in per_kind]
+    grads = torch.autograd.grad(sum(x.square().sum() for x in outputs), list(dsa.values()))
+    assert [n for n, g in zip(dsa, grads) if not g.abs().sum() > 0] == []
     detections = detections_of(model, make_inputs())
     assert all(len(d) > 0 for d in detections)
 
@@ -249,7 +258,49 @@ def test_every_variant_trains_a_step_and_infers(variant):
     assert_trains_a_step_and_infers(tiny_model(**VARIANTS[variant]))
 
 
-def test_dsa_on_a_backbone_without_the_fpn_top_down_path():
+def fpn_levels(backbone, image, res5_noise=None):
+    """The backbone's levels, with ``res5_noise`` added to the ResNet's res5 output if given."""
+    def perturb(module, args, out):
+        return {**out, "res5": out["res5"] + res5_noise} if res5_noise is not None else out
+
+    handle = backbone.bottom_up.register_forward_hook(perturb)
+    try:
+        with torch.no_grad():
+            return backbone(image), backbone.bottom_up(image)
+    finally:
+        handle.remove()
+
+
+def test_dsanet_star_has_fpn_laterals_but_no_top_down_path():
+    """DSANet* (Table 5): each of P3-P5 sees only its own ResNet stage through FPN's lateral and
+    output convs; a change in res5 reaches P5 (and P6/P7), never P3 or P4, where FPN's top-down
+    path carries it down to P3."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from conftest import CONFIGS, narrow_model_config
+    from dsanet.modeling import FPNWithoutTopDown
+
+    cfg = narrow_model_config(LazyConfig.load(str(CONFIGS / "common/models/dsanet.py")).model)
+    torch.manual_seed(0)
+    fpn = instantiate(cfg.backbone).eval()
+    cfg.backbone._target_ = FPNWithoutTopDown
+    star = instantiate(cfg.backbone).eval()
+    star.load_state_dict(fpn.state_dict())  # FPN's parameter names, and here its weights
+    image = torch.randn(1, 3, 64, 96)
+    levels, stages = fpn_levels(star, image)
+    assert [tuple(f.shape[-2:]) for f in levels.values()] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
+    for i, (level, stage) in enumerate([("p3", "res3"), ("p4", "res4"), ("p5", "res5")]):
+        lateral, output = star.lateral_convs[2 - i], star.output_convs[2 - i]  # stored coarsest first
+        with torch.no_grad():
+            torch.testing.assert_close(levels[level], output(lateral(stages[stage])))
+    noise = torch.randn_like(stages["res5"])
+    moved = {name: fpn_levels(backbone, image, noise)[0] for name, backbone in (("fpn", fpn), ("star", star))}
+    unmoved = {"fpn": fpn_levels(fpn, image)[0], "star": levels}
+    changed = {name: [k for k in levels if not torch.equal(moved[name][k], unmoved[name][k])] for name in moved}
+    assert changed == {"fpn": ["p3", "p4", "p5", "p6", "p7"], "star": ["p5", "p6", "p7"]}
+
+
+def test_dsa_on_a_backbone_without_the_fpn_top_down_path_trains():
     from detectron2.config import LazyConfig, instantiate
 
     from conftest import CONFIGS, narrow_model_config
@@ -258,7 +309,48 @@ def test_dsa_on_a_backbone_without_the_fpn_top_down_path():
     cfg = narrow_model_config(LazyConfig.load(str(CONFIGS / "common/models/dsanet.py")).model)
     cfg.backbone._target_ = FPNWithoutTopDown
     model = instantiate(cfg)
-    features = model.backbone(torch.randn(1, 3, 64, 96))
-    assert [tuple(f.shape[-2:]) for f in features.values()] == [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
     losses = losses_of(model, make_inputs())
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def dsa_head_outputs(model, features, branch_gamma):
+    """The head's outputs with one DSA branch's gammas set to 1, the other's to 0."""
+    with torch.no_grad():
+        for name, p in model.head.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0 if f".{branch_gamma}_branch." in name else 0.0)
+        return model.head(features)
+
+
+@pytest.mark.parametrize("location", ["before", "after"])
+def test_the_cls_branch_reaches_only_class_and_confidence_logits_and_the_box_branch_only_deltas(location):
+    """DSANet's decoupling (paper Fig. 1): the classification branch feeds the classification tower,
+    whose output gives the class and the confidence logits; the box branch feeds the box tower and
+    the deltas alone; before the towers or after them."""
+    model = tiny_model(dsa_location=location, with_confidence=True).eval()
+    features = [f.detach() for f in model.backbone(torch.randn(1, 3, 64, 96)).values()]
+    baseline = dsa_head_outputs(model, features, branch_gamma="none")
+    for branch, changed in [("cls", {0, 2}), ("reg", {1})]:
+        outputs = dsa_head_outputs(model, features, branch_gamma=branch)
+        for i, (x, y) in enumerate(zip(outputs, baseline)):
+            same = all(torch.equal(a, b) for a, b in zip(x, y))
+            assert same != (i in changed), (branch, ["cls_logits", "box_deltas", "conf_logits"][i])
+
+
+def test_gamma_fixed_1_is_a_constant_one_that_no_optimizer_step_moves():
+    """Table 4's gamma = 1: the residual is x + attention(x), gamma is no parameter (so no optimizer
+    holds it) nor a checkpoint entry, and after training steps it is still exactly 1."""
+    model = tiny_model(dsa_learn_gamma=False)
+    blocks = [m for m in model.modules() if isinstance(m, DSABlock)]
+    assert len(blocks) == 8
+    assert not [n for n, _ in model.named_parameters() if "gamma" in n]
+    assert not [k for k in model.state_dict() if "gamma" in k]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        sum(losses_of(model, make_inputs()).values()).backward()
+        optimizer.step()
+    assert all(torch.equal(b.gamma, torch.ones(1)) for b in blocks)
+    x = torch.randn(1, 32, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(blocks[0](x), x + blocks[0].attention(x))

@@ -6,32 +6,36 @@ input format (BGR for the configs of this project):
     normalisation and padding (``preprocess_image``) -> backbone + FPN -> DSA -> head towers ->
     per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi), then with
     object confidence, confidence logits (1, A, Hi, Wi), on FCOS (A = 1), centerness logits
-    (1, 1, Hi, Wi), and the score the detector ranks by as (1, Hi*Wi*A, K): ``sigmoid(cls)``,
-    the fused ``sigmoid(cls)^(1-alpha) * sigmoid(conf)^alpha``, or FCOS's
-    ``sqrt(sigmoid(cls) * sigmoid(centerness))``.
+    (1, 1, Hi, Wi): whatever the model's ``head_outputs`` name; then the score the detector
+    ranks by as (1, Hi*Wi*A, K), from the model's own ``per_anchor_scores`` (the fused
+    confidence score, FCOS's ``sqrt(cls * centerness)``, ...).
 What is post-processing, in Python, shared with eager PyTorch (:func:`postprocess` calls the
 model's own ``inference_single_image``): anchors (FCOS's anchor points), score threshold, top-k, box decoding,
 per-class NMS (detectron2's ``batched_nms``) and rescaling to the requested output size.
 Keeping NMS out of the graph is what makes the exported model give the same detections as eager
 (detectron2 issue 5431: RetinaNet exported with its own decoding gives wrong or no boxes).
 Self-attention in every exported graph is one ``scaled_dot_product_attention`` op
-(:func:`dsanet.modeling.attention.export_attention`), not the eager dense/blockwise paths.
+(:func:`export_attention`, set on the model's attention modules while they are exported by
+:func:`exportable_attention`), not the eager dense/blockwise paths.
 """
 import contextlib
 import time
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
-from detectron2.modeling.meta_arch.fcos import FCOS
+import torch.nn.functional as F
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from . import compat
-from .modeling.attention import SpatialAttention2d, tracing_for_export
-from .modeling.meta_arch import fuse_scores
+from .errors import UserInputError
+from .modeling.attention import SelfAttention2d, SpatialAttention2d
 
 __all__ = [
     "RAW_OUTPUTS",
+    "pad_qk_to_value_width",
+    "export_attention",
+    "exportable_attention",
     "output_names",
     "raw_head_outputs",
     "tracing_adapter",
@@ -53,41 +57,94 @@ __all__ = [
 RAW_OUTPUTS = ("cls_logits", "box_deltas", "conf_logits", "ctrness_logits", "scores")
 
 
+def pad_qk_to_value_width(q: torch.Tensor, k: torch.Tensor,
+                          v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On CPU, q and k zero-padded from D to v's width C; elsewhere, or when D == C, as they are.
+
+    Reason: PyTorch's fused CPU attention kernel needs q, k and v to share their last dimension
+    (else ``scaled_dot_product_attention`` silently takes the quadratic math path). Zero padding
+    leaves Q K^T unchanged; the caller passes the scale explicitly so that it stays 1/sqrt(D).
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        q, k: (N, L, C) on CPU (else (N, L, D)); v unchanged.
+    """
+    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
+        pad = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    return q, k, v
+
+
+def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The attention inside exported graphs (torch.export, the ONNX exporters, TorchScript tracing).
+
+    One ``scaled_dot_product_attention`` op, q and k padded by :func:`pad_qk_to_value_width`. Why
+    not the eager paths: blockwise attention is a Python loop whose block count depends on H * W
+    (a graph would keep the count of the traced image), and the dense/blockwise choice is a branch
+    on the shape. In PyTorch's runtime the op runs the fused CPU kernel (memory linear in L);
+    onnxruntime computes it as MatMul-Softmax-MatMul. ``clone`` rather than ``contiguous()``:
+    ``contiguous()`` on a symbolic shape makes torch.export assert H * W != 1 at run time (a 1x1
+    P7 of a 128-pixel image).
+
+    Args:
+        q, k: (N, L, D); v: (N, L, C).
+    Returns:
+        (N, L, C).
+    """
+    q, k, v = pad_qk_to_value_width(q, k, v)
+    q, k, v = (t.clone(memory_format=torch.contiguous_format).unsqueeze(1) for t in (q, k, v))  # (N, 1, L, E)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
+@contextlib.contextmanager
+def exportable_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within it, every self-attention of ``model`` computes :func:`export_attention`.
+
+    Attention fixed to the dense path (the ``self_dense`` kind) keeps it: two matmuls and a
+    softmax are already a fixed graph. Each module gets its own implementation back on exit.
+    """
+    modules = [m for m in model.modules() if isinstance(m, SelfAttention2d) and m.impl != "dense"]
+    previous = [m.impl for m in modules]
+    try:
+        for module in modules:
+            module.impl = export_attention
+        yield model
+    finally:
+        for module, impl in zip(modules, previous):
+            module.impl = impl
+
+
 def _output_kinds(model: torch.nn.Module) -> Tuple[str, ...]:
-    if isinstance(model, FCOS):
-        third = ("ctrness_logits",)
-    else:
-        third = ("conf_logits",) if getattr(model, "with_confidence", False) else ()
-    return ("cls_logits", "box_deltas", *third, "scores")
+    """The graph's output kinds: the model's head outputs, then its per-anchor scores."""
+    if not hasattr(model, "head_outputs") or not hasattr(model, "per_anchor_scores"):
+        raise UserInputError(
+            f"{type(model).__name__} does not say what its head returns (head_outputs) nor how those make "
+            "scores (per_anchor_scores): export takes the project's detectors (dsanet.modeling's DSANet, DSAFCOS); "
+            "detectron2's RetinaNet is DSANet with model.head.dsa_levels=[] and model.head.with_confidence=False")
+    return (*(name for name, _ in model.head_outputs), "scores")
 
 
 def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[torch.Tensor], ...]:
     """The part of the detector's inference that is exported: image -> per-level head outputs and scores.
 
     Args:
-        model: a DSANet, RetinaNet, DSAFCOS or FCOS in eval mode.
+        model: a detector with ``head_outputs`` and ``per_anchor_scores`` (DSANet, DSAFCOS), in eval mode.
         image: (3, H, W) float, in the model's input format, unnormalised (0-255).
     Returns:
-        lists over levels, in :func:`output_names` order: cls logits (1, A*K, Hi, Wi),
-        box deltas (1, A*4, Hi, Wi), [conf logits (1, A, Hi, Wi) | centerness logits
-        (1, 1, Hi, Wi),] scores (1, Hi*Wi*A, K).
+        lists over levels, in :func:`output_names` order: per entry of ``model.head_outputs``
+        the head's output as it is (cls logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi),
+        [conf logits (1, A, Hi, Wi) | centerness logits (1, 1, Hi, Wi)]), then scores (1, Hi*Wi*A, K).
     """
+    widths = [width for _, width in model.head_outputs]
     if torch.compiler.is_exporting():
         padded = _normalized_and_padded(model, image)
     else:
         padded = model.preprocess_image([{"image": image}]).tensor
     features = model.backbone(padded)
     predictions = list(model.head([features[f] for f in model.head_in_features]))
-    cls_logits = [_anchor_major(x, model.num_classes) for x in predictions[0]]
-    if isinstance(model, FCOS):  # FCOS.forward_inference's score (eq. 4 of arXiv:2006.09214)
-        ctrness = [_anchor_major(x, 1) for x in predictions[2]]
-        scores = [torch.sqrt(x.sigmoid() * c.sigmoid()) for x, c in zip(cls_logits, ctrness)]
-    elif len(predictions) == 3:  # with object confidence: the fused score of DSANet.forward_inference
-        conf = [_anchor_major(x, 1) for x in predictions[2]]
-        scores = [fuse_scores(x, c, model.score_fusion_alpha) for x, c in zip(cls_logits, conf)]
-    else:
-        scores = [x.sigmoid() for x in cls_logits]
-    return (*predictions, scores)
+    anchor_major = [[_anchor_major(x, width) for x in per_level] for per_level, width in zip(predictions, widths)]
+    return (*predictions, model.per_anchor_scores(anchor_major))
 
 
 def _anchor_major(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -140,7 +197,7 @@ def tracing_adapter(model: torch.nn.Module, image: torch.Tensor) -> torch.nn.Mod
 
 def export_torchscript(model: torch.nn.Module, image: torch.Tensor, path: str) -> torch.jit.ScriptModule:
     """Trace :func:`raw_head_outputs` on ``image`` and save it; shapes stay dynamic (H, W)."""
-    with torch.no_grad(), tracing_for_export():
+    with torch.no_grad(), exportable_attention(model):
         traced = torch.jit.trace(tracing_adapter(model, image), (image,), check_trace=False)
     traced.save(path)
     return traced
@@ -166,7 +223,7 @@ def export_program(model: torch.nn.Module, image: torch.Tensor, path: str) -> "t
     image = image.new_zeros(image.shape[0], 320, 448)
     height = torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=EXPORT_MAX_SIZE)
     width = torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=EXPORT_MAX_SIZE)
-    with torch.no_grad(), _sizes_may_be_one():
+    with torch.no_grad(), _sizes_may_be_one(), exportable_attention(model):
         program = torch.export.export(tracing_adapter(model, image), (image,),
                                       dynamic_shapes=(({1: height, 2: width},),),  # TracingAdapter takes *args
                                       strict=False, prefer_deferred_runtime_asserts_over_guards=True)
@@ -201,10 +258,10 @@ def load_program(path: str) -> Callable[[torch.Tensor], Tuple[torch.Tensor, ...]
 def program_limits(model: torch.nn.Module) -> List[str]:
     """Parts of ``model`` whose torch.export program cannot run on every image size, one line each.
 
-    A convolution with one output channel (CBAM's 7x7 spatial attention; FCOS's centerness
-    predictor) has its output layout decided from the map's size, so the program asserts that
-    each such map has more than one position (a 128-pixel image has a 1x1 P7) and stops on
-    smaller maps. The ONNX formats and TorchScript take such maps.
+    A convolution with one output channel (CBAM's 7x7 spatial attention; a head predictor of one
+    channel, such as FCOS's centerness) has its output layout decided from the map's size, so the
+    program asserts that each such map has more than one position (a 128-pixel image has a 1x1 P7)
+    and stops on smaller maps. The ONNX formats and TorchScript take such maps.
     """
     limits = []
     levels = sorted({name.split(".")[-2] for name, m in model.named_modules() if isinstance(m, SpatialAttention2d)})
@@ -212,11 +269,12 @@ def program_limits(model: torch.nn.Module) -> List[str]:
         stride = max(int(level[1:]) for level in levels)
         limits.append(f"CBAM attention on {', '.join(levels)} needs more than one position per map (an image over "
                       f"{2 ** stride} pixels on one side for {levels[-1]})")
-    if isinstance(model, FCOS):
-        last = model.head_in_features[-1]
-        stride = model.backbone.output_shape()[last].stride
-        limits.append(f"FCOS's centerness conv (one output channel) needs more than one position per map (an image "
-                      f"over {stride} pixels on one side for {last})")
+    last = model.head_in_features[-1]
+    stride = model.backbone.output_shape()[last].stride
+    for name, module in model.head.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.out_channels == 1 and ".attention." not in f".{name}.":
+            limits.append(f"head.{name} (a conv with one output channel) needs more than one position per map (an "
+                          f"image over {stride} pixels on one side for {last})")
     return limits
 
 
@@ -238,7 +296,7 @@ def export_onnx(model: torch.nn.Module, image: torch.Tensor, path: str, opset: i
     """
     names = output_names(model)
     dynamic_axes = {"image": {1: "height", 2: "width"}}
-    with torch.no_grad(), tracing_for_export():
+    with torch.no_grad(), exportable_attention(model):
         torch.onnx.export(tracing_adapter(model, image), (image,), path, input_names=["image"],
                           output_names=names, dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
 

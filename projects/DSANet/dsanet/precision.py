@@ -8,11 +8,13 @@ so in one line: a config written on one machine still runs, unchanged, on anothe
 import contextlib
 import logging
 import os
-from typing import Tuple
+from typing import Iterator, List, Tuple
 
 import torch
 
-__all__ = ["FORCE_NO_BF16_ENV", "cpu_has_native_bf16", "cpu_autocast_dtype", "inference_autocast"]
+__all__ = [
+    "FORCE_NO_BF16_ENV", "cpu_has_native_bf16", "cpu_autocast_dtype", "inference_autocast", "fp32_postprocessing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +55,22 @@ def inference_autocast(cfg):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=dtype)
+
+
+@contextlib.contextmanager
+def fp32_postprocessing(predictions: List[List[torch.Tensor]]) -> Iterator[List[List[torch.Tensor]]]:
+    """A dense head's outputs in fp32, with autocast off, for what follows the network.
+
+    Under bf16 autocast (``train.amp.enabled`` on a CPU) the network runs in bf16, whose 8-bit
+    mantissa would round decoded box coordinates to several pixels; inside this context the losses,
+    the loss normaliser, box decoding and NMS run in fp32. Without autocast it changes nothing
+    (``float()`` of an fp32 tensor is the tensor itself).
+
+    Args:
+        predictions: per output kind, per level (N, Ci, Hi, Wi), as a dense head returns them.
+    Yields:
+        the same nested lists, each tensor in fp32.
+    """
+    device_type = predictions[0][0].device.type
+    with torch.autocast(device_type, enabled=False):
+        yield [[x.float() for x in per_level] for per_level in predictions]

@@ -5,9 +5,8 @@ residual ``x + gamma * att`` (paper eq. 2) lives in :class:`dsanet.modeling.dsa.
 
 Naming: N images, C channels, H x W positions, L = H * W, D = C // reduction (query/key dim).
 """
-import contextlib
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +21,8 @@ __all__ = [
     "attention_path",
     "blockwise_attention",
     "dense_attention",
-    "export_attention",
-    "is_exporting",
-    "tracing_for_export",
-    "fused_attention",
     "sdpa_attention",
+    "AttentionFn",
     "ATTENTION_KINDS",
     "ATTENTION_IMPLS",
     "DENSE_BUDGET_BYTES",
@@ -75,73 +71,6 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The same as :func:`dense_attention` via ``scaled_dot_product_attention``, zero-padding q and
-    k to v's width on CPU (the "SDPA-padded" path, kept as a benchmark reference).
-
-    ``scaled_dot_product_attention`` silently falls back to the quadratic math path when no
-    fused kernel accepts its inputs. On CPU the fused (flash) kernel needs q, k and v to share
-    their last dimension, each contiguous in it: q and k are zero-padded from D to C, which leaves
-    Q K^T unchanged, and the scale is passed explicitly so it stays 1/sqrt(D). On CUDA the
-    memory-efficient kernel takes D != C directly, in fp32 too. The padding makes Q K^T cost
-    C / D = 8 times its math on CPU, and the kernel's backward recomputes it:
-    :func:`blockwise_attention` computes the same at width D.
-
-    Args:
-        q, k: (N, L, D); v: (N, L, C).
-    Returns:
-        (N, L, C).
-    """
-    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
-        pad = v.shape[-1] - q.shape[-1]
-        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-    return sdpa_attention(q, k, v, scale)
-
-
-def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The attention inside exported graphs (torch.export, the ONNX exporters, TorchScript tracing).
-
-    One ``scaled_dot_product_attention`` op, q and k zero-padded to v's width on CPU as in
-    :func:`fused_attention`. Why not the eager paths: :func:`blockwise_attention` is a Python loop
-    whose block count depends on H * W (a graph would keep the count of the traced image), and
-    the dense/blockwise choice is a branch on the shape. In PyTorch's runtime the op runs the
-    fused CPU kernel (memory linear in L); onnxruntime computes it as MatMul-Softmax-MatMul.
-    ``clone`` rather than ``contiguous()``: ``contiguous()`` on a symbolic shape makes torch.export
-    assert H * W != 1 at run time (a 1x1 P7 of a 128-pixel image).
-
-    Args:
-        q, k: (N, L, D); v: (N, L, C).
-    Returns:
-        (N, L, C).
-    """
-    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
-        pad = v.shape[-1] - q.shape[-1]
-        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-    q, k, v = (t.clone(memory_format=torch.contiguous_format).unsqueeze(1) for t in (q, k, v))  # (N, 1, L, E)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
-
-
-_TRACING_FOR_EXPORT = False
-
-
-def is_exporting() -> bool:
-    """True while torch.export or the dynamo ONNX exporter records the model, or while
-    ``dsanet.export`` traces it (:func:`tracing_for_export`). Other tracing, such as fvcore's FLOP
-    count, sees the eager paths."""
-    return _TRACING_FOR_EXPORT or torch.compiler.is_exporting()
-
-
-@contextlib.contextmanager
-def tracing_for_export():
-    """Within it, ``torch.jit.trace`` records :func:`export_attention` (see :func:`is_exporting`)."""
-    global _TRACING_FOR_EXPORT
-    previous, _TRACING_FOR_EXPORT = _TRACING_FOR_EXPORT, True
-    try:
-        yield
-    finally:
-        _TRACING_FOR_EXPORT = previous
-
-
 def attention_path(device_type: str, batch: int, length_q: int, length_k: int,
                    dense_budget_bytes: int = DENSE_BUDGET_BYTES) -> str:
     """Which exact attention :func:`auto_attention` runs for a shape: "sdpa", "dense" or "blockwise".
@@ -169,14 +98,15 @@ def auto_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return ATTENTION_IMPLS[path](q, k, v, scale)
 
 
+# An attention implementation: (q (N, L, D), k (N, L, D), v (N, L, C), scale) -> (N, L, C).
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
 # Attention implementations by name; "auto" picks one per shape and device (see attention_path).
-ATTENTION_IMPLS: Dict[str, Callable[..., torch.Tensor]] = {
+ATTENTION_IMPLS: Dict[str, AttentionFn] = {
     "auto": auto_attention,
     "dense": dense_attention,
     "blockwise": blockwise_attention,
     "sdpa": sdpa_attention,
-    "sdpa_padded": fused_attention,
-    "export": export_attention,
 }
 
 
@@ -185,8 +115,10 @@ class SelfAttention2d(nn.Module):
 
     Q and K come from convs to C // reduction channels, V from a conv to C channels. ``impl``
     names the attention implementation (a key of :data:`ATTENTION_IMPLS`; all exact): "auto"
-    picks dense, blockwise or SDPA per shape and device (:func:`attention_path`); exported graphs
-    use :func:`export_attention` unless ``impl`` is "dense". With
+    picks dense, blockwise or SDPA per shape and device (:func:`attention_path`). It may also be
+    an :data:`AttentionFn`, set by whoever needs another exact path (the exporter sets one op that
+    a graph can hold, ``dsanet.export.export_attention``); such a function asks for q, k, v
+    contiguous in their last dim by a true ``needs_contiguous_qkv`` attribute. With
     ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
     half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
     padded so that the half-resolution grid stays aligned.
@@ -197,11 +129,11 @@ class SelfAttention2d(nn.Module):
     """
 
     def __init__(self, channels: int, *, reduction: int = 8, stride: int = 1, kernel_size: int = 1,
-                 impl: str = "auto", qk_scale: str = "query_dim"):
+                 impl: Union[str, AttentionFn] = "auto", qk_scale: str = "query_dim"):
         super().__init__()
         if channels % reduction:
             raise ValueError(f"channels={channels} is not divisible by reduction={reduction}")
-        if impl not in ATTENTION_IMPLS:
+        if not callable(impl) and impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}; choose one of {sorted(ATTENTION_IMPLS)}")
         if qk_scale not in QK_SCALES:
             raise ValueError(f"qk_scale={qk_scale!r}; choose one of {QK_SCALES}")
@@ -216,8 +148,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
-        impl = "export" if is_exporting() and self.impl != "dense" else self.impl
-        if impl != "export" and self._needs_contiguous_qkv(x.device.type):
+        if self._needs_contiguous_qkv(x.device.type):
             # SDPA needs q, k, v contiguous in their last dim: channels_last makes the conv outputs
             # (N, l, D|C) contiguous views. Dense and blockwise read the transposed views as they
             # are, so there the copy of x (one more (N, C, H, W) tensor, kept for backward) is skipped.
@@ -225,7 +156,8 @@ class SelfAttention2d(nn.Module):
         q, k, v = self.query(x), self.key(x), self.value(x)  # (N, D|C, h, w), h = H / stride
         n, c, h, w = v.shape
         q, k, v = (t.flatten(2).transpose(1, 2) for t in (q, k, v))  # (N, l, D|C)
-        out = ATTENTION_IMPLS[impl](q, k, v, self.scale)  # (N, l, C)
+        attend = self.impl if callable(self.impl) else ATTENTION_IMPLS[self.impl]
+        out = attend(q, k, v, self.scale)  # (N, l, C)
         out = out.transpose(1, 2).unflatten(2, (h, w))  # (N, C, h, w), a view: reshape would copy
         if self.stride != 1:  # not a shape comparison: an exported graph would keep its outcome
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
@@ -233,7 +165,9 @@ class SelfAttention2d(nn.Module):
 
     def _needs_contiguous_qkv(self, device_type: str) -> bool:
         """True when the attention will run SDPA, which wants q, k, v contiguous in their last dim."""
-        return self.impl in ("sdpa", "sdpa_padded") or (self.impl == "auto" and device_type == "cuda")
+        if callable(self.impl):
+            return getattr(self.impl, "needs_contiguous_qkv", False)
+        return self.impl == "sdpa" or (self.impl == "auto" and device_type == "cuda")
 
 
 class SpatialAttention2d(nn.Module):

@@ -1,17 +1,17 @@
-"""DSA on detectron2's FCOS: the anchor-free detector with centerness, and the same DSA module as
-DSANet's head (:class:`dsanet.modeling.head.DSAHeadMixin`).
+"""DSA on detectron2's FCOS: the anchor-free detector with centerness, the same DSA module as
+DSANet's head (:class:`dsanet.modeling.head.DSAHeadMixin`) and the same detector behaviour as DSANet
+(:class:`dsanet.modeling.dense_detector.DSADenseDetectorMixin`).
 
 With ``dsa_levels`` empty, :class:`DSAFCOS` with :class:`DSAFCOSHead` is detectron2's FCOS: the
 same parameters and state-dict keys, the same losses and detections on the same weights.
 """
-from typing import Dict, List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
-from detectron2.structures import ImageList, Instances
 
+from .dense_detector import DSADenseDetectorMixin
 from .head import DSAHeadMixin
-from .meta_arch import _fp32
 
 __all__ = ["DSAFCOSHead", "DSAFCOS"]
 
@@ -40,22 +40,24 @@ class DSAFCOSHead(DSAHeadMixin, FCOSHead):
         return logits, bbox_reg, ctrness
 
 
-class DSAFCOS(FCOS):
-    """detectron2's FCOS whose losses and decoding stay fp32 under CPU bf16 autocast.
+class DSAFCOS(DSADenseDetectorMixin, FCOS):
+    """detectron2's FCOS with :class:`DSADenseDetectorMixin`'s training and inference (arguments: FCOS's).
 
-    Same arguments as FCOS. Reason: under ``train.amp.enabled`` on a CPU the network runs in bf16,
-    whose 8-bit mantissa would round decoded box coordinates to several pixels; as in
-    :class:`dsanet.modeling.DSANet`, everything after the head runs in fp32. Without autocast this
-    is FCOS unchanged.
+    What is FCOS's own: the head's third output, centerness, and the score it ranks by,
+    ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (eq. 4 of arXiv:2006.09214).
     """
 
-    def forward_training(self, images: ImageList, features: List[torch.Tensor],
-                         predictions: List[List[torch.Tensor]],
-                         gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
-        with _fp32(predictions) as predictions:
-            return super().forward_training(images, features, predictions, gt_instances)
+    @property
+    def head_outputs(self) -> Tuple[Tuple[str, int], ...]:
+        """Class logits, box deltas (distances to the box sides) and one centerness logit per location."""
+        return ("cls_logits", self.num_classes), ("box_deltas", 4), ("ctrness_logits", 1)
 
-    def forward_inference(self, images: ImageList, features: List[torch.Tensor],
-                          predictions: List[List[torch.Tensor]]) -> List[Instances]:
-        with _fp32(predictions) as predictions:
-            return super().forward_inference(images, features, predictions)
+    def per_anchor_scores(self, outputs: Sequence[List[torch.Tensor]]) -> List[torch.Tensor]:
+        """FCOS's score, ``sqrt(sigmoid(cls) * sigmoid(centerness))``, as ``FCOS.forward_inference`` computes it.
+
+        Args:
+            outputs: per entry of :attr:`head_outputs`, per level (N, Hi*Wi, K | 4 | 1).
+        Returns:
+            per level (N, Hi*Wi, K).
+        """
+        return [torch.sqrt(x.sigmoid() * c.sigmoid()) for x, c in zip(outputs[0], outputs[2])]

@@ -3,6 +3,7 @@ the FCOS head (:mod:`dsanet.modeling.fcos`), is :class:`DSAHeadMixin`."""
 from typing import List, Sequence, Tuple
 
 import torch
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
@@ -21,7 +22,10 @@ class DSAHeadMixin:
     so the head's parameters are exactly its base's). The head's ``forward`` calls
     :meth:`dsa_towers` in place of its two towers.
 
-    Args (beyond the head's; ``input_shape`` and ``conv_dims`` are read, and passed on):
+    Args (beyond the head's):
+        input_shape: per level the shape of the head's input features (passed on to the head);
+            their channel count is DSA's before the towers.
+        conv_dims: the towers' conv widths (passed on); the last is DSA's after the towers.
         in_features: level names of the features the head receives, in order.
         dsa_levels: levels that get DSA and their attention kind (``["p4", ...]`` means "self").
         dsa_shared: one DSA branch for both tasks instead of one per task (paper Table 2).
@@ -35,19 +39,20 @@ class DSAHeadMixin:
             ``"xavier"`` (xavier-uniform, zero bias, as the authors' code initialises them).
     """
 
-    def __init__(self, *, in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
+    def __init__(self, *, input_shape: List[ShapeSpec], conv_dims: List[int],
+                 in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
                  dsa_levels: LevelSpec = (), dsa_shared: bool = False, dsa_location: str = "before",
                  dsa_learn_gamma: bool = True, dsa_reduction: int = 8, dsa_qk_scale: str = "query_dim",
                  dsa_conv_init: str = "pytorch", **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(input_shape=input_shape, conv_dims=conv_dims, **kwargs)
         if dsa_location not in DSA_LOCATIONS:
             raise ValueError(f"dsa_location={dsa_location!r}; choose one of {DSA_LOCATIONS}")
-        if len(in_features) != self._num_features:
-            raise ValueError(f"in_features={list(in_features)} but input_shape has {self._num_features} levels")
+        if len(in_features) != len(input_shape):
+            raise ValueError(f"in_features={list(in_features)} but input_shape has {len(input_shape)} levels")
         self.dsa_location = dsa_location
         self.dsa = None
         if normalize_levels(dsa_levels):
-            channels = kwargs["input_shape"][0].channels if dsa_location == "before" else kwargs["conv_dims"][-1]
+            channels = input_shape[0].channels if dsa_location == "before" else conv_dims[-1]
             self.dsa = DecoupledSelfAttention(in_features=in_features, levels=dsa_levels, channels=channels,
                                               shared=dsa_shared, learn_gamma=dsa_learn_gamma,
                                               reduction=dsa_reduction, qk_scale=dsa_qk_scale,
@@ -82,16 +87,17 @@ class DSARetinaNetHead(DSAHeadMixin, RetinaNetHead):
     same outputs.
 
     Args (beyond RetinaNetHead's and :class:`DSAHeadMixin`'s):
+        conv_dims: as RetinaNetHead's; the confidence conv reads the classification tower's last width.
+        num_anchors: as RetinaNetHead's; one confidence logit per anchor.
         with_confidence: add a 3x3 conv on the classification tower giving one object-confidence
             logit per anchor (RetinaNet-Conf).
     """
 
-    def __init__(self, *, with_confidence: bool = False, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, conv_dims: List[int], num_anchors: int, with_confidence: bool = False, **kwargs):
+        super().__init__(conv_dims=conv_dims, num_anchors=num_anchors, **kwargs)
         self.object_confidence = None
         if with_confidence:
-            num_anchors = self.bbox_pred.out_channels // 4
-            self.object_confidence = nn.Conv2d(kwargs["conv_dims"][-1], num_anchors, kernel_size=3, padding=1)
+            self.object_confidence = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, padding=1)
             nn.init.normal_(self.object_confidence.weight, std=0.01)
             nn.init.constant_(self.object_confidence.bias, 0.0)
 

@@ -1,38 +1,22 @@
 """DSANet: detectron2's RetinaNet plus an object-confidence loss and confidence-fused inference.
 
-The DSA module itself lives in the head (:class:`dsanet.modeling.head.DSARetinaNetHead`); this
-meta-architecture only handles the head's optional third output, the per-anchor confidence.
+The DSA module itself lives in the head (:class:`dsanet.modeling.head.DSARetinaNetHead`); what any
+dense detector with DSA shares (fp32 post-processing, the world-wide loss normaliser, inference
+from per-anchor scores) is :class:`dsanet.modeling.dense_detector.DSADenseDetectorMixin`. This
+module adds only the head's optional third output, the per-anchor confidence.
 """
-import contextlib
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.layers import cat
-from detectron2.utils import comm
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 
+from .dense_detector import DSADenseDetectorMixin
+
 __all__ = ["DSANet", "fuse_scores"]
-
-# RetinaNet's loss-normaliser EMA (detectron2's DenseDetector._ema_update defaults).
-_EMA_MOMENTUM = 0.9
-_EMA_INITIAL = 100
-
-
-@contextlib.contextmanager
-def _fp32(predictions: List[List[torch.Tensor]]):
-    """The head's outputs in fp32, with autocast off, for what follows the network.
-
-    Under bf16 autocast (``train.amp.enabled`` on a CPU) the network runs in bf16; the losses, the
-    loss normaliser, the confidence target IoU, box decoding and NMS then run in fp32. Without
-    autocast this changes nothing (``float()`` of an fp32 tensor is the tensor itself).
-    """
-    device_type = predictions[0][0].device.type
-    with torch.autocast(device_type, enabled=False):
-        yield [[x.float() for x in per_level] for per_level in predictions]
 
 
 def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -54,7 +38,7 @@ def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: floa
     return scores.pow_(1 - alpha).mul_(torch.sigmoid(conf_logits).pow_(alpha))
 
 
-class DSANet(RetinaNet):
+class DSANet(DSADenseDetectorMixin, RetinaNet):
     """RetinaNet whose head may add DSA and an object-confidence output (RetinaNet-Conf).
 
     Args (beyond RetinaNet's):
@@ -76,49 +60,39 @@ class DSANet(RetinaNet):
 
     @property
     def with_confidence(self) -> bool:
+        """Whether the head predicts object confidence (RetinaNet-Conf)."""
         return getattr(self.head, "object_confidence", None) is not None
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes) -> Dict[str, torch.Tensor]:
-        """RetinaNet's losses, normalised alike in every process of a distributed run.
-
-        detectron2 normalises each process's loss by an EMA of that process's positive anchors,
-        so W processes of B images train differently from one process of W*B images. Here the
-        EMA counts the positives of all processes (as one process with the whole batch would),
-        and each process divides by 1/W of it, so that DDP's gradient average equals the
-        one-process gradient. In one process this is exactly RetinaNet's normaliser.
-        """
-        world_size = comm.get_world_size()
-        if world_size == 1 or not dist.is_initialized():
-            return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        previous = getattr(self, "loss_normalizer", _EMA_INITIAL)
-        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        local = self.loss_normalizer  # what detectron2 just divided by
-        num_pos = torch.stack(gt_labels)
-        num_pos = ((num_pos >= 0) & (num_pos != self.num_classes)).sum().to(torch.float64)
-        dist.all_reduce(num_pos)
-        self.loss_normalizer = _EMA_MOMENTUM * previous + (1 - _EMA_MOMENTUM) * max(num_pos.item(), 1)
-        return {k: v * (local / self.normalizer_per_process) for k, v in losses.items()}
-
     @property
-    def normalizer_per_process(self) -> float:
-        """This process's share of the loss normaliser (all of it in one process)."""
-        return self.loss_normalizer / comm.get_world_size()
+    def head_outputs(self) -> Tuple[Tuple[str, int], ...]:
+        """Class logits, box deltas and, with confidence, one confidence logit per anchor."""
+        outputs = (("cls_logits", self.num_classes), ("box_deltas", 4))
+        return (*outputs, ("conf_logits", 1)) if self.with_confidence else outputs
 
-    def forward_training(self, images: ImageList, features: List[torch.Tensor],
-                         predictions: List[List[torch.Tensor]],
-                         gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
-        with _fp32(predictions) as predictions:
-            return self._forward_training(images, features, predictions, gt_instances)
+    def per_anchor_scores(self, outputs: Sequence[List[torch.Tensor]]) -> List[torch.Tensor]:
+        """``sigmoid(cls)``, or with confidence the fused score (:func:`fuse_scores`).
 
-    def _forward_training(self, images, features, predictions, gt_instances) -> Dict[str, torch.Tensor]:
+        Args:
+            outputs: per entry of :attr:`head_outputs`, per level (N, Hi*Wi*A, K | 4 | 1).
+        Returns:
+            per level (N, Hi*Wi*A, K).
+        """
         if not self.with_confidence:
-            return super().forward_training(images, features, predictions, gt_instances)
-        pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1])
-        anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        losses["loss_conf"] = self.confidence_loss(anchors, pred_anchor_deltas, pred_conf, gt_labels, gt_boxes)
+            return [x.sigmoid() for x in outputs[0]]
+        return [fuse_scores(x, c, self.score_fusion_alpha) for x, c in zip(outputs[0], outputs[2])]
+
+    def losses(self, anchors: List[Boxes], pred_logits: List[torch.Tensor], gt_labels: List[torch.Tensor],
+               pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],
+               pred_conf: Optional[List[torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """RetinaNet's losses, plus ``loss_conf`` when the head predicts confidence.
+
+        Args:
+            pred_conf: per level (N, Hi*Wi*A, 1) confidence logits, or None; the rest as in
+                ``RetinaNet.losses``.
+        """
+        losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if pred_conf is not None:
+            losses["loss_conf"] = self.confidence_loss(anchors, pred_anchor_deltas, pred_conf, gt_labels, gt_boxes)
         return losses
 
     @torch.no_grad()
@@ -148,7 +122,7 @@ class DSANet(RetinaNet):
                         pred_conf: List[torch.Tensor], gt_labels: List[torch.Tensor],
                         gt_boxes: List[torch.Tensor]) -> torch.Tensor:
         """Binary cross-entropy of the confidence on positive anchors against their IoU target,
-        normalised like RetinaNet's losses (by the normaliser :meth:`losses` just updated).
+        normalised like RetinaNet's losses (by the normaliser they were just divided by).
 
         Args:
             pred_conf: per level (N, Hi*Wi*A, 1) confidence logits; the rest as in
@@ -160,23 +134,3 @@ class DSANet(RetinaNet):
         conf = cat(pred_conf, dim=1)[pos_mask].squeeze(-1)  # (P,)
         loss = F.binary_cross_entropy_with_logits(conf, iou.to(conf.dtype), reduction="sum")
         return self.conf_loss_weight * loss / self.normalizer_per_process
-
-    def forward_inference(self, images: ImageList, features: List[torch.Tensor],
-                          predictions: List[List[torch.Tensor]]) -> List[Instances]:
-        """RetinaNet's inference with the fused score ranking, thresholding and driving NMS."""
-        with _fp32(predictions) as predictions:
-            return self._forward_inference(images, features, predictions)
-
-    def _forward_inference(self, images, features, predictions) -> List[Instances]:
-        if not self.with_confidence:
-            return super().forward_inference(images, features, predictions)
-        pred_logits, pred_anchor_deltas, pred_conf = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1])  # per level (N, Hi*Wi*A, K | 4 | 1)
-        anchors = self.anchor_generator(features)
-        results: List[Instances] = []
-        for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [fuse_scores(x[img_idx], c[img_idx], self.score_fusion_alpha)
-                      for x, c in zip(pred_logits, pred_conf)]
-            deltas = [x[img_idx] for x in pred_anchor_deltas]
-            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
-        return results
