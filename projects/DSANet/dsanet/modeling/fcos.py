@@ -11,9 +11,12 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.structures import ImageList, Instances
 
 from .head import DSAHeadMixin
-from .meta_arch import _fp32
+from .meta_arch import _distributed, _fp32, normalise_over_processes
 
 __all__ = ["DSAFCOSHead", "DSAFCOS"]
+
+# FCOS's loss-normaliser EMA starts at 300 (detectron2's FCOS.losses).
+_FCOS_EMA_INITIAL = 300
 
 
 class DSAFCOSHead(DSAHeadMixin, FCOSHead):
@@ -45,8 +48,9 @@ class DSAFCOS(FCOS):
 
     Same arguments as FCOS. Reason: under ``train.amp.enabled`` on a CPU the network runs in bf16,
     whose 8-bit mantissa would round decoded box coordinates to several pixels; as in
-    :class:`dsanet.modeling.DSANet`, everything after the head runs in fp32. Without autocast this
-    is FCOS unchanged.
+    :class:`dsanet.modeling.DSANet`, everything after the head runs in fp32. Its losses are
+    normalised by the positives of all processes, so that W processes train like one with the
+    whole batch. In one process without autocast this is FCOS unchanged.
     """
 
     def forward_training(self, images: ImageList, features: List[torch.Tensor],
@@ -54,6 +58,16 @@ class DSAFCOS(FCOS):
                          gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
         with _fp32(predictions) as predictions:
             return super().forward_training(images, features, predictions, gt_instances)
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+               pred_centerness) -> Dict[str, torch.Tensor]:
+        """FCOS's losses, normalised alike in every process of a distributed run (see
+        :meth:`dsanet.modeling.DSANet.losses`); in one process exactly FCOS's."""
+        args = (anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness)
+        if not _distributed():
+            return super().losses(*args)
+        previous = getattr(self, "loss_normalizer", _FCOS_EMA_INITIAL)
+        return normalise_over_processes(self, super().losses(*args), gt_labels, previous)
 
     def forward_inference(self, images: ImageList, features: List[torch.Tensor],
                           predictions: List[List[torch.Tensor]]) -> List[Instances]:

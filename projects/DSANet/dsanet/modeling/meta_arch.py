@@ -54,6 +54,33 @@ def fuse_scores(cls_logits: torch.Tensor, conf_logits: torch.Tensor, alpha: floa
     return scores.pow_(1 - alpha).mul_(torch.sigmoid(conf_logits).pow_(alpha))
 
 
+def _distributed() -> bool:
+    return comm.get_world_size() > 1 and dist.is_initialized()
+
+
+def normalise_over_processes(detector: torch.nn.Module, losses: Dict[str, torch.Tensor],
+                             gt_labels: List[torch.Tensor], previous: float) -> Dict[str, torch.Tensor]:
+    """A dense detector's losses, just divided by its own process's loss-normaliser EMA, rescaled
+    to 1/W of the EMA of all W processes' positives (what one process with the whole batch would
+    count); sets ``detector.loss_normalizer`` to that world-wide EMA.
+
+    Shared by RetinaNet's and FCOS's subclasses: both divide by ``loss_normalizer``, an EMA
+    (momentum 0.9) of the positives, ``previous`` before this step. Call only where
+    :func:`_distributed`; the all-reduce of the count is collective.
+
+    Args:
+        losses: name -> scalar loss, divided by ``detector.loss_normalizer`` (this process's EMA).
+        gt_labels: per image (R,) labels; ``num_classes`` marks background, -1 ignored.
+    """
+    local = detector.loss_normalizer  # what detectron2 just divided by
+    num_pos = torch.stack(gt_labels)
+    num_pos = ((num_pos >= 0) & (num_pos != detector.num_classes)).sum().to(torch.float64)
+    dist.all_reduce(num_pos)
+    detector.loss_normalizer = _EMA_MOMENTUM * previous + (1 - _EMA_MOMENTUM) * max(num_pos.item(), 1)
+    per_process = detector.loss_normalizer / comm.get_world_size()
+    return {k: v * (local / per_process) for k, v in losses.items()}
+
+
 class DSANet(RetinaNet):
     """RetinaNet whose head may add DSA and an object-confidence output (RetinaNet-Conf).
 
@@ -87,17 +114,11 @@ class DSANet(RetinaNet):
         and each process divides by 1/W of it, so that DDP's gradient average equals the
         one-process gradient. In one process this is exactly RetinaNet's normaliser.
         """
-        world_size = comm.get_world_size()
-        if world_size == 1 or not dist.is_initialized():
+        if not _distributed():
             return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         previous = getattr(self, "loss_normalizer", _EMA_INITIAL)
         losses = super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        local = self.loss_normalizer  # what detectron2 just divided by
-        num_pos = torch.stack(gt_labels)
-        num_pos = ((num_pos >= 0) & (num_pos != self.num_classes)).sum().to(torch.float64)
-        dist.all_reduce(num_pos)
-        self.loss_normalizer = _EMA_MOMENTUM * previous + (1 - _EMA_MOMENTUM) * max(num_pos.item(), 1)
-        return {k: v * (local / self.normalizer_per_process) for k, v in losses.items()}
+        return normalise_over_processes(self, losses, gt_labels, previous)
 
     @property
     def normalizer_per_process(self) -> float:
