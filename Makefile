@@ -18,7 +18,7 @@ else
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup test demo bench study clean-venv
+.PHONY: setup test demo bench study gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,12 @@ study: setup
 	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
 	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
 	    --compare dsanet_conf:retinanet_conf --compare dsanet:retinanet_conf
+
+# On a CUDA machine: does the project work there, and what does it cost (about 5 minutes; see
+# projects/DSANet/docs/GPU.md). Without CUDA it says so and fails.
+GPU_CHECK_OUT ?= output/gpu_check/gpu_check.json
+gpu-check: setup
+	$(PY) tools/gpu_check.py --output $(GPU_CHECK_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

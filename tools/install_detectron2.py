@@ -64,6 +64,12 @@ def sha256_of(path: Path) -> str:
 
 
 def install_pure_python_sdist(workdir: Path) -> None:
+    pip("install", "--no-deps", "--no-build-isolation", str(pure_python_sdist_package(workdir)))
+
+
+def pure_python_sdist_package(workdir: Path) -> Path:
+    """Downloads the sdist into ``workdir``, checks its sha256, and returns a folder that pip builds
+    into a wheel holding only its pure-Python ``detectron2`` (see :func:`pure_python_package`)."""
     # pip prepares the sdist's metadata by running its setup.py, which imports torch: hence
     # --no-build-isolation (torch is installed in this environment already).
     pip("download", "--no-deps", "--no-build-isolation", "--no-binary", ":all:",
@@ -75,10 +81,15 @@ def install_pure_python_sdist(workdir: Path) -> None:
     with tarfile.open(sdist) as tar:
         tar.extractall(workdir, filter="data")
     source = workdir / f"{SDIST_NAME}-{SDIST_VERSION}" / "detectron2"
+    return pure_python_package(source, workdir / "detectron2-pure-python", SDIST_VERSION,
+                               f"pure-Python part of the {SDIST_NAME} sdist")
 
-    # A minimal package holding only the pure-Python detectron2 (with its model-zoo configs).
-    package_root = workdir / "detectron2-pure-python"
-    shutil.copytree(source, package_root / "detectron2")
+
+def pure_python_package(source: Path, package_root: Path, version: str, origin: str) -> Path:
+    """A minimal package at ``package_root`` holding only the pure-Python ``detectron2`` folder
+    ``source`` (with its model-zoo configs), for ``pip install`` or ``pip wheel``."""
+    shutil.copytree(source, package_root / "detectron2",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
     (package_root / "pyproject.toml").write_text(textwrap.dedent(f"""\
         [build-system]
         requires = ["setuptools"]
@@ -86,8 +97,8 @@ def install_pure_python_sdist(workdir: Path) -> None:
 
         [project]
         name = "detectron2"
-        version = "{SDIST_VERSION}"
-        description = "detectron2 {SDIST_VERSION}, pure-Python part of the {SDIST_NAME} sdist (no compiled ops)"
+        version = "{version}"
+        description = "detectron2 {version}, {origin} (no compiled ops)"
 
         [tool.setuptools.packages.find]
         include = ["detectron2*"]
@@ -95,7 +106,7 @@ def install_pure_python_sdist(workdir: Path) -> None:
         [tool.setuptools.package-data]
         "*" = ["**/*.yaml", "**/*.py"]
         """))
-    pip("install", "--no-deps", "--no-build-isolation", str(package_root))
+    return package_root
 
 
 def install_from_source(source: Path, workdir: Path) -> None:

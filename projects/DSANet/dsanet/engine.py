@@ -3,11 +3,12 @@ its gaps closed: --eval-only honours --resume, predictions are saved, results pr
 loss normaliser is checkpointed so a resumed run continues the same run, checkpoints are written
 atomically and load without running code (see :mod:`dsanet.checkpoint`), and
 ``train.eval_period=0`` means no evaluation during or after training."""
+import hashlib
 import logging
 import math
 import os
 import time
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -24,7 +25,7 @@ from .errors import UserInputError
 from .precision import cpu_autocast_dtype, inference_autocast
 
 __all__ = ["do_train", "do_test", "load_weights", "make_checkpointer", "LossNormalizerState", "CheckedCheckpointer",
-           "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer"]
+           "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer", "WeightsAgreeAcrossProcesses"]
 
 logger = logging.getLogger("dsanet")
 
@@ -49,6 +50,49 @@ class LossNormalizerState(HookBase):
         value = getattr(self._model, "loss_normalizer", None)
         if value is not None:
             self.trainer.storage.put_scalar("loss_normalizer", float(value), smoothing_hint=False)
+
+
+class WeightsAgreeAcrossProcesses(HookBase):
+    """After training on several processes, compares every process's weights with rank 0's, bit for
+    bit (a digest per tensor, gathered), and logs the outcome on rank 0.
+
+    Why: only rank 0 writes checkpoints, so a process whose weights drifted (a parameter updated
+    outside DDP, a machine with other library versions) would otherwise go unnoticed. Parameters
+    that differ are a warning; buffers that differ are expected with plain BN, whose running
+    statistics stay per process (``broadcast_buffers=False``): an info line names them.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self._model = model.module if hasattr(model, "module") else model
+
+    @staticmethod
+    def _digests(named_tensors) -> Dict[str, str]:
+        return {name: hashlib.sha256(t.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy()).hexdigest()
+                for name, t in named_tensors}
+
+    def after_train(self) -> None:
+        # Only after the last iteration: a rank that failed would leave the others waiting in the gather.
+        if comm.get_world_size() == 1 or self.trainer.iter < self.trainer.max_iter:
+            return
+        mine = {"parameters": self._digests(self._model.named_parameters()),
+                "buffers": self._digests(self._model.named_buffers())}
+        gathered = comm.all_gather(mine)
+        if not comm.is_main_process():
+            return
+        differing: Dict[str, List[str]] = {"parameters": [], "buffers": []}
+        for kind, reference in gathered[0].items():
+            for rank, other in enumerate(gathered[1:], start=1):
+                differing[kind] += [f"{name} (rank {rank})" for name in reference if other[kind].get(name) != reference[name]]
+        world = len(gathered)
+        if differing["parameters"]:
+            logger.warning("Parameters differ between processes after training: %s", ", ".join(differing["parameters"][:10]))
+        else:
+            logger.info("Parameters identical on all %d processes after training", world)
+        if differing["buffers"]:
+            logger.info("Buffers differ between processes (plain BN keeps its statistics per process; SyncBN "
+                        "shares them): %s", ", ".join(differing["buffers"][:10]))
+        elif not differing["parameters"]:
+            logger.info("Buffers identical on all %d processes after training", world)
 
 
 def make_checkpointer(cfg, model: torch.nn.Module, **checkpointables) -> CheckedCheckpointer:
@@ -178,6 +222,7 @@ def do_train(cfg, *, resume: bool) -> None:
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         LossNormalizerState(model),
+        WeightsAgreeAcrossProcesses(model),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         # detectron2's EvalHook also evaluates after the last iteration when its period is 0.
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,

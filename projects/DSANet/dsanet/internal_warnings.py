@@ -28,6 +28,12 @@ INTERNAL_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
     # torch.jit.trace on shape checks inside detectron2 and this project; the export tool then proves
     # the traced graph equal to eager on images of other sizes.
     (torch.jit.TracerWarning, r"Converting a tensor to a Python (boolean|index|integer)", r"(detectron2|dsanet)\."),
+    # Raised only where several processes train (so no single-process command met them):
+    # detectron2 v0.6's comm.all_gather pickles through torch.ByteStorage (torch deprecates TypedStorage);
+    (UserWarning, r"TypedStorage is deprecated", r"detectron2\.utils\.comm"),
+    # detectron2's create_ddp_model passes train.ddp's broadcast_buffers=False to DDP, which deprecates the
+    # name in torch 2.14 but itself says to keep it until its replacement can skip the sync at start-up.
+    (FutureWarning, r"`broadcast_buffers` is deprecated", r"detectron2\.engine\.defaults"),
 )
 
 # (logger name, message regex) of log records of the same kind.
