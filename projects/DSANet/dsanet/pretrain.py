@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import atomic_write
 from .data.synthetic import CLASS_NAMES, JPEG_QUALITY, draw_synthetic_image
+from .fileio import atomic_write
 
 __all__ = ["ShapePresenceImages", "IndexStream", "BackboneClassifier", "backbone_state_dict", "save_backbone",
            "evaluate_classifier", "TRAIN_STREAM", "HELD_OUT_STREAM", "AUTHOR"]

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .fileio import write_json
+
 # CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -167,8 +169,4 @@ def record_invocation(output_dir: str, **extra: Any) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         invocations = []
     invocations.append({**provenance(), **extra})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({"invocations": invocations}, indent=1))
-    os.replace(temporary, path)
-    return path
+    return write_json(path, {"invocations": invocations})
