@@ -8,6 +8,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import make_inputs, tiny_model
 from dsanet import compat
+from dsanet.launch import launch
 from test_model import VARIANTS
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -61,7 +62,7 @@ def _equality_worker(output_dir: str) -> None:
 
 
 def test_two_processes_of_batch_2_equal_one_process_of_batch_4(tmp_path):
-    compat.launch(_equality_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
+    launch(_equality_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     single = train_steps(tiny_model(norm=NORM, with_confidence=True), whole_batch())
     for step, expected in enumerate(single):
@@ -93,7 +94,7 @@ def _variants_worker(output_dir: str) -> None:
 
 
 def test_every_variant_trains_under_ddp_without_unused_parameters(tmp_path):
-    compat.launch(_variants_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
+    launch(_variants_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
     for rank in range(2):
         without_gradient = torch.load(tmp_path / f"rank{rank}.pt")
         assert set(without_gradient) == set(DDP_VARIANTS)
