@@ -30,7 +30,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 from dsanet.checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from dsanet.config import load_config
-from dsanet.data.synthetic import CLASS_NAMES
+from dsanet.data.shapes import CLASS_NAMES
 from dsanet.engine import CheckedSimpleTrainer
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.fileio import write_json
