@@ -66,3 +66,17 @@ def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatc
 
     monkeypatch.setattr(subprocess, "run", no_lscpu)
     assert cpu_record()["flags"] == {flag: None for flag in CPU_FLAGS}
+
+
+def test_a_module_run_with_dash_m_is_recorded_as_one():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from dsanet.provenance import command_line; print(command_line())"
+    # json.tool stands in for any module: run it the way `python -m benchmarks.speed` runs, via runpy.
+    result = subprocess.run([sys.executable, "-c", f"import runpy, sys; sys.argv = ['x', '--quick']; "
+                             f"sys.modules['__main__'].__spec__ = __import__('importlib.util').util.find_spec("
+                             f"'benchmarks.speed'); {code}"], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "python -m benchmarks.speed --quick", result.stderr

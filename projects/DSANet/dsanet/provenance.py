@@ -137,7 +137,12 @@ def machine_record() -> Dict[str, Any]:
 
 
 def command_line(argv: Optional[Sequence[str]] = None) -> str:
-    """The command that is running, as a shell line: ``python tools/x.py --flag value``."""
+    """The command that is running, as a shell line: ``python tools/x.py --flag value``, or
+    ``python -m benchmarks.speed --flag value`` for a module run with ``-m``."""
+    if argv is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name not in (None, "__main__"):  # run as `python -m NAME`
+            return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
     argv = list(sys.argv if argv is None else argv)
     if argv and argv[0].endswith(".py"):
         try:
