@@ -38,8 +38,10 @@ demo: setup
 	$(PY) train_net.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
 	$(PY) tools/visualize_predictions.py --config-file $(DEMO_OUT)/config.yaml --weights $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions --num-images 8
 
+# `make bench BENCH_FLAGS=--quick`: every benchmark at a small image size, a smoke run of a few minutes.
+BENCH_FLAGS ?=
 bench: setup
-	$(PY) benchmarks/run_all.py --output output/bench
+	$(PY) -m benchmarks.run_all --output output/bench $(BENCH_FLAGS)
 
 # The README's variant study on the embedded benchmark (hours on CPU); run it again to resume, or with a
 # larger STUDY_SEEDS to add seeds. Several invocations may share the folder (each run is locked):

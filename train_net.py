@@ -28,6 +28,7 @@ from dsanet.config import check_device, load_config
 from dsanet.data import check_num_classes, register_datasets_for
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
+from dsanet.launch import launch
 from dsanet.provenance import record_invocation
 
 logger = logging.getLogger("dsanet")
@@ -94,5 +95,5 @@ if __name__ == "__main__":
         except UserInputError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-    compat.launch(main_or_exit, args.num_gpus, num_machines=args.num_machines,
-                  machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    launch(main_or_exit, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

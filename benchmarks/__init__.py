@@ -1,5 +1,8 @@
 """Benchmarks of DSANet against RetinaNet: attention memory/time, parameters/FLOPs, step speed.
 
-Each module is runnable alone (``python benchmarks/<name>.py --output DIR [--quick]``);
-``benchmarks/run_all.py`` runs them in order and writes ``summary.json``.
+Each script runs as a module from the repository root (``python -m benchmarks.<name> --output DIR
+[--quick]``); ``python -m benchmarks.run_all`` runs attention, model_cost and speed in order and
+writes ``summary.json``. The shared pieces: :mod:`.models` (what is measured), :mod:`.timing`,
+:mod:`.memory`, :mod:`.machine` (what it was measured on) and :mod:`.cli` (options and tables).
 """
+import dsanet  # noqa: F401  (applies the detectron2 compatibility shims before any detectron2 import)

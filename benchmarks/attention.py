@@ -6,24 +6,21 @@ Time: in this process, the paths interleaved (ABCABC...), median and min-max of 
 Memory: on CPU the rise of peak RSS (VmHWM) over one call in a fresh subprocess (after a small
 warm-up); on CUDA ``max_memory_allocated`` over one call, in this process.
 
-    python benchmarks/attention.py --output output/bench [--quick]
+    python -m benchmarks.attention --output output/bench [--quick]
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchmarks import common
+from benchmarks import cli, machine, memory, timing
+from benchmarks.models import FULL_IMAGE_SIZE, QUICK_IMAGE_SIZE
+from dsanet.fileio import write_json
 from dsanet.modeling import DSABlock, SelfAttention2d
 from benchmarks.attention_reference import ATTENTION_IMPLS, attention_path
 from dsanet.modeling.blockwise import attention_flops
@@ -98,7 +95,7 @@ def dense_estimate_bytes(length: int) -> int:
 
 def available_memory_bytes(device: str) -> int:
     """Memory a measurement may use: free GPU memory, or MemAvailable from /proc/meminfo."""
-    if common.is_cuda(device):
+    if timing.is_cuda(device):
         return torch.cuda.mem_get_info(device)[0]
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -110,14 +107,14 @@ def measure_memory_here(kind: str, mode: str, length: int, device: str) -> int:
     """Peak extra bytes of one attention call, measured in this process (fresh on CPU: see measure_memory)."""
     make_attention_call(kind, make_qkv(WARMUP_LENGTH, device), mode)()  # warm-up
     call = make_attention_call(kind, make_qkv(length, device), mode)  # inputs exist before: not counted
-    return common.peak_extra_memory(call, device)
+    return memory.peak_extra_memory(call, device)
 
 
 def measure_memory(kind: str, mode: str, length: int, device: str, pin_malloc: bool = False) -> int:
     """Peak extra bytes of one attention call: in a fresh subprocess on CPU, in this process on CUDA."""
-    if common.is_cuda(device):
+    if timing.is_cuda(device):
         return measure_memory_here(kind, mode, length, device)
-    return common.call_in_fresh_process("benchmarks.attention", "measure_memory_here", kind, mode, length,
+    return memory.call_in_fresh_process("benchmarks.attention", "measure_memory_here", kind, mode, length,
                                         "cpu", pin_malloc=pin_malloc)
 
 
@@ -128,14 +125,14 @@ def measure_branch_memory_here(shape: Tuple[int, int], device: str) -> int:
     warm = torch.randn(1, CHANNELS, *WARMUP_SIZE, device=device)
     make_branch_call(branch, warm, torch.ones_like(warm))()
     x = torch.randn(1, CHANNELS, *shape, device=device)
-    return common.peak_extra_memory(make_branch_call(branch, x, torch.ones_like(x)), device)
+    return memory.peak_extra_memory(make_branch_call(branch, x, torch.ones_like(x)), device)
 
 
 def measure_branch_memory(shape: Tuple[int, int], device: str, pin_malloc: bool) -> int:
     """:func:`measure_branch_memory_here` in a fresh subprocess on CPU, in this process on CUDA."""
-    if common.is_cuda(device):
+    if timing.is_cuda(device):
         return measure_branch_memory_here(shape, device)
-    return common.call_in_fresh_process("benchmarks.attention", "measure_branch_memory_here", tuple(shape),
+    return memory.call_in_fresh_process("benchmarks.attention", "measure_branch_memory_here", tuple(shape),
                                         "cpu", pin_malloc=pin_malloc)
 
 
@@ -154,9 +151,9 @@ def executed_flops(kind: str, mode: str, length: int) -> int:
 def run(output: Path, quick: bool = False, device: str = "cpu", repeats: Optional[int] = None) -> Dict[str, Any]:
     """Measure all levels, print the table and budget check, write attention.json and the plot."""
     started = time.perf_counter()
-    image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
+    image_size = QUICK_IMAGE_SIZE if quick else FULL_IMAGE_SIZE
     repeats = repeats or (2 if quick else 3)
-    busy = common.warn_if_busy("attention")
+    busy = machine.warn_if_busy("attention")
     available = available_memory_bytes(device)
     print(f"\n== Attention alone (q, k: 1 x L x {QK_DIM}; v: 1 x L x {CHANNELS}) per FPN level of a "
           f"{image_size[0]}x{image_size[1]} image, {device}; median and min-max of {repeats} interleaved "
@@ -170,7 +167,7 @@ def run(output: Path, quick: bool = False, device: str = "cpu", repeats: Optiona
         kinds = [k for k in KINDS if k != "dense" or dense_fits]
         for mode in MODES:
             qkv = make_qkv(length, device)
-            times = common.interleaved_times({k: make_attention_call(k, qkv, mode) for k in kinds}, repeats, device)
+            times = timing.interleaved_times({k: make_attention_call(k, qkv, mode) for k in kinds}, repeats, device)
             del qkv
             for kind in KINDS:
                 kind_times = times.get(kind, [])
@@ -179,14 +176,14 @@ def run(output: Path, quick: bool = False, device: str = "cpu", repeats: Optiona
                                                                                length, length),
                        "math_flops": executed_flops("dense", mode, length),
                        "executed_flops": executed_flops(kind, mode, length),
-                       "times_s": kind_times, "time_s": common.median(kind_times),
+                       "times_s": kind_times, "time_s": timing.median(kind_times),
                        "time_min_s": min(kind_times, default=None), "time_max_s": max(kind_times, default=None),
                        "peak_extra_mib": None, "skipped": None}
                 if kind not in kinds:
-                    row["skipped"] = (f"dense estimate {dense_estimate_bytes(length) / common.MiB:.0f} MiB "
-                                      f"> available {available / common.MiB:.0f} MiB")
+                    row["skipped"] = (f"dense estimate {dense_estimate_bytes(length) / memory.MiB:.0f} MiB "
+                                      f"> available {available / memory.MiB:.0f} MiB")
                 elif mode == "forward_backward":
-                    row["peak_extra_mib"] = measure_memory(kind, mode, length, device) / common.MiB
+                    row["peak_extra_mib"] = measure_memory(kind, mode, length, device) / memory.MiB
                 rows.append(row)
         print(f"  {level} {shape[0]}x{shape[1]} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -202,16 +199,16 @@ def run(output: Path, quick: bool = False, device: str = "cpu", repeats: Optiona
         "image_size": list(image_size), "channels": CHANNELS, "qk_dim": QK_DIM, "batch": 1, "device": device,
         "repeats": repeats, "quick": quick, "memory_method": memory_method(device),
         "flop_unit": "multiply-add", "rows": rows, "budget": budget, "plot": str(plot_path), "warning": busy,
-        "machine": common.machine_info(device), "elapsed_s": time.perf_counter() - started,
+        "provenance": machine.record(device), "elapsed_s": time.perf_counter() - started,
     }
-    common.write_json(output / "attention.json", result)
+    write_json(output / "attention.json", result)
     print(f"wrote {output / 'attention.json'} and {plot_path} ({result['elapsed_s']:.0f} s)", flush=True)
     return result
 
 
 def memory_method(device: str) -> str:
     """How peak extra memory was measured, for the JSON."""
-    if common.is_cuda(device):
+    if timing.is_cuda(device):
         return "torch.cuda.max_memory_allocated over one call minus memory_allocated before it"
     return ("rise of peak RSS (VmHWM, reset by writing 5 to /proc/self/clear_refs just before the call) over "
             "one call, in a fresh process (forked from a forkserver that only imported the modules) after a "
@@ -227,24 +224,24 @@ def check_budget(device: str, measurements: int = BUDGET_MEASUREMENTS) -> Dict[s
     largest), and once with glibc's mmap threshold pinned at 128 KiB, so that every large freed
     tensor goes back to the OS at once and the peak follows the live tensors.
     """
-    shape = level_shape(common.FULL_IMAGE_SIZE, LEVEL_STRIDES["p3"])
-    runs = 1 if common.is_cuda(device) else measurements
+    shape = level_shape(FULL_IMAGE_SIZE, LEVEL_STRIDES["p3"])
+    runs = 1 if timing.is_cuda(device) else measurements
     resident = [measure_branch_memory(shape, device, pin_malloc=False) for _ in range(runs)]
     worst = max(resident)
     passed = worst < BUDGET_MB * MB
     where = f"P3 {shape[0]}x{shape[1]}, one branch (auto path), forward+backward ({device})"
-    each = ", ".join(f"{r / common.MiB:.1f}" for r in resident)
+    each = ", ".join(f"{r / memory.MiB:.1f}" for r in resident)
     budget = {"level": "p3", "height": shape[0], "width": shape[1], "budget_mb": BUDGET_MB,
-              "resident_mib_each": [r / common.MiB for r in resident],
-              "resident_mib": worst / common.MiB, "resident_mb": worst / MB, "pass": passed,
+              "resident_mib_each": [r / memory.MiB for r in resident],
+              "resident_mib": worst / memory.MiB, "resident_mb": worst / MB, "pass": passed,
               "lines": [f"BUDGET {where}: peak resident growth, largest of {runs} fresh processes "
-                        f"{worst / common.MiB:.1f} MiB ({worst / MB:.1f} MB; each: {each} MiB) "
+                        f"{worst / memory.MiB:.1f} MiB ({worst / MB:.1f} MB; each: {each} MiB) "
                         f"vs budget {BUDGET_MB:.0f} MB: {'PASS' if passed else 'FAIL'}"]}
-    if not common.is_cuda(device):
+    if not timing.is_cuda(device):
         live = measure_branch_memory(shape, device, pin_malloc=True)
-        budget.update(live_mib=live / common.MiB, live_mb=live / MB)
-        budget["lines"].append(f"       live tensors (glibc mmap threshold pinned at {common.MMAP_THRESHOLD} bytes): "
-                               f"{live / common.MiB:.1f} MiB ({live / MB:.1f} MB)")
+        budget.update(live_mib=live / memory.MiB, live_mb=live / MB)
+        budget["lines"].append(f"       live tensors (glibc mmap threshold pinned at {memory.MMAP_THRESHOLD} bytes): "
+                               f"{live / memory.MiB:.1f} MiB ({live / MB:.1f} MB)")
     return budget
 
 
@@ -257,14 +254,14 @@ def print_table(rows: Sequence[Dict[str, Any]]) -> None:
         seconds = row["time_s"]
         table.append([
             row["level"], f"{row['height']}x{row['width']}", row["mode"], row["kind"],
-            common.fmt(row["math_flops"] / 1e9, 2),
-            f"{common.fmt(_ms(seconds), 1)} ({common.fmt(_ms(row['time_min_s']), 1)}-"
-            f"{common.fmt(_ms(row['time_max_s']), 1)})",
-            common.fmt(row["math_flops"] / seconds / 1e9 if seconds else None, 1),
-            common.fmt(row["executed_flops"] / row["math_flops"], 2),
-            common.fmt(row["peak_extra_mib"], 1), row["auto_path"],
+            cli.fmt(row["math_flops"] / 1e9, 2),
+            f"{cli.fmt(_ms(seconds), 1)} ({cli.fmt(_ms(row['time_min_s']), 1)}-"
+            f"{cli.fmt(_ms(row['time_max_s']), 1)})",
+            cli.fmt(row["math_flops"] / seconds / 1e9 if seconds else None, 1),
+            cli.fmt(row["executed_flops"] / row["math_flops"], 2),
+            cli.fmt(row["peak_extra_mib"], 1), row["auto_path"],
         ])
-    print(common.format_table(["level", "HxW", "mode", "path", "math GFLOP", "ms median (min-max)",
+    print(cli.format_table(["level", "HxW", "mode", "path", "math GFLOP", "ms median (min-max)",
                                "math GFLOP/s", "executed/math", "peak MiB", "auto picks"], table))
 
 
@@ -305,10 +302,9 @@ def plot_memory(rows: Sequence[Dict[str, Any]], path: Path, image_size: Tuple[in
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: run the benchmark."""
-    parser = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None, help="timed interleaved rounds (default 3, quick 2)")
-    args = parser.parse_args(argv)
-    common.apply_threads(args.threads)
+    args = cli.parse_common_arguments(parser, argv)
     run(args.output, quick=args.quick, device=args.device, repeats=args.repeats)
 
 

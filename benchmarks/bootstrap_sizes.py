@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """How the validation split's size sets the bootstrap spread of one model's AP.
 
-    benchmarks/bootstrap_sizes.py --ground-truth VAL.json --detections RUN/inference/coco_instances_results.json \\
+    python -m benchmarks.bootstrap_sizes --ground-truth VAL.json --detections RUN/inference/coco_instances_results.json \\
         --sizes 100,500,1000,2000 --output output/bench/bootstrap_sizes.json
 
 For each N, the first N images of the ground truth (and their detections) are evaluated as a split of
@@ -13,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 from dsanet.errors import UserInputError, exit_with_status_of
+from dsanet.fileio import write_json
+from dsanet.provenance import provenance
 from dsanet.study.bootstrap import bootstrap_metrics, load_detections, match_detections
 
 
@@ -52,9 +52,8 @@ def main(argv=None) -> int:
             print(f"{n}\t" + "\t".join(f"{summary[m]['value']:.2f}\t{summary[m]['std']:.3f}" for m in ("AP", "AP50", "AP75"))
                   + f"\t{summary['seconds']:.0f}", flush=True)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"ground_truth": args.ground_truth, "detections": args.detections,
-                                                 "rows": rows}, indent=2))
+        write_json(args.output, {"ground_truth": args.ground_truth, "detections": args.detections, "rows": rows,
+                                 "provenance": provenance()})
     return 0
 
 

@@ -7,28 +7,24 @@ seconds per run. The difference between two variants within each study (e.g. DSA
 RetinaNet under fp32 and under bf16) is in each study's own report; this script answers whether
 the second way of training moves a variant's AP, and what it saves in time.
 
-    .venv/bin/python benchmarks/compare_studies.py \\
+    python -m benchmarks.compare_studies \\
         --first benchmarks/results/study_benchmark/retinanet_dsanet_conf_3seeds/results.json \\
         --second benchmarks/results/study_bf16/results.json \\
         --pair retinanet=retinanet_bf16 --pair dsanet_conf=dsanet_conf_bf16 [--output OUT.json]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import json
 import statistics
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from benchmarks.cli import format_table
 from dsanet.errors import UserInputError, exit_with_status_of
+from dsanet.fileio import write_json
+from dsanet.provenance import provenance
 from dsanet.study.stats import CI_METHOD, paired_difference
-
-from benchmarks import common
 
 METRICS = ("AP", "AP50", "AP75")
 
@@ -90,7 +86,7 @@ def print_rows(rows: Sequence[dict]) -> None:
                       ", ".join(f"{ap['second'][s]:.2f}" for s in row["seeds"]),
                       *(_interval(row["differences"][m]) for m in METRICS),
                       f"{row['seconds']['first']:.0f} / {row['seconds']['second']:.0f}"])
-    print(common.format_table(["pair", "n", "AP first (per seed)", "AP second (per seed)",
+    print(format_table(["pair", "n", "AP first (per seed)", "AP second (per seed)",
                                *(f"Δ{m} [95% CI]" for m in METRICS), "median s per run (first / second)"], table))
     print(f"Method: {CI_METHOD}.")
 
@@ -107,8 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rows = compare(load_runs(args.first), load_runs(args.second), [parse_pair(p) for p in args.pair])
     print_rows(rows)
     if args.output:
-        common.write_json(args.output, {"first": str(args.first), "second": str(args.second),
-                                        "ci_method": CI_METHOD, "rows": rows})
+        write_json(args.output, {"first": str(args.first), "second": str(args.second), "ci_method": CI_METHOD,
+                                 "rows": rows, "provenance": provenance()})
         print(f"wrote {args.output}")
 
 

@@ -12,41 +12,28 @@ json-ready dict per detection, until ``evaluate``). Flat means: RSS growth from 
 to the last image is not much more than those predictions. The verdict line checks the bound
 ``growth <= predictions + 64 MiB``.
 
-    python benchmarks/eval_memory.py --output output/bench [--num-images 1000]
+    python -m benchmarks.eval_memory --output output/bench [--num-images 1000]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
-import json
 import pickle
 import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 
+from benchmarks import machine
+from benchmarks.memory import MiB, rss_bytes
+from dsanet import model_zoo
 from dsanet.data import ensure_synthetic_dataset, register_coco_format_datasets
+from dsanet.fileio import write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
-MiB = 2 ** 20
+DEMO_CONFIG = "Demo/dsanet_conf_synthetic_cpu.py"
 SLACK_MIB = 64  # allowed growth beyond the evaluator's own predictions (allocator, caches, logs)
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    """Resident set size (or ``VmHWM``, its peak) of this process, from /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
 
 
 class RSSProbe(DatasetEvaluator):
@@ -79,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         root = ensure_synthetic_dataset(Path(tmp) / "shapes", num_train=0, num_val=args.num_images, image_size=64)
         register_coco_format_datasets({"eval_memory": {"json_file": str(root / "annotations" / "val.json"),
                                                        "image_root": str(root / "val")}})
-        cfg = LazyConfig.load(str(DEMO_CONFIG))
+        cfg = model_zoo.get_config(DEMO_CONFIG)
         cfg.dataloader.test.dataset.names = "eval_memory"
         cfg.dataloader.test.num_workers = 0
         cfg.dataloader.evaluator.output_dir = tmp
@@ -124,9 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"predictions held by the evaluator: {predictions_bytes / MiB:.1f} MiB pickled")
     print(f"{'PASS' if result['flat'] else 'FAIL'}: growth {growth / MiB:.1f} MiB <= bound {bound / MiB:.1f} MiB "
           f"(3 x pickled predictions + {SLACK_MIB} MiB)")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_memory.json").write_text(json.dumps(result, indent=2))
+    result["provenance"] = machine.record("cpu")
+    write_json(Path(args.output) / "eval_memory.json", result)
     return result
 
 

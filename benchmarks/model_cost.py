@@ -1,5 +1,5 @@
 """Parameters and FLOPs (fvcore) of RetinaNet and the DSANet variants at R50, for one image,
-with each model's ratios against its baseline (common.MODELS).
+with each model's ratios against its baseline (benchmarks.models.MODELS).
 
 fvcore counts one multiply-add as one flop. PyTorch's fused attention op
 (``aten::scaled_dot_product_attention``) and the blockwise attention Function are unknown to
@@ -7,15 +7,9 @@ fvcore, which would count them as zero; they are counted here (:func:`sdpa_flop_
 :func:`blockwise_flop_jit`) as the matrix products of softmax(Q K^T) V at the true query width,
 the same as fvcore counts the two ``bmm`` of the dense path, so every path gets the same count.
 
-    python benchmarks/model_cost.py --output output/bench [--quick]
+    python -m benchmarks.model_cost --output output/bench [--quick]
 """
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import contextlib
 import logging
@@ -23,14 +17,18 @@ import math
 import time
 import warnings
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-from benchmarks import common
+from benchmarks import cli, machine
+from benchmarks.models import FULL_IMAGE_SIZE, QUICK_IMAGE_SIZE, ModelSpec, build_model, check_models, synthetic_image
+from dsanet.compat import tracing_adapter_class
+from dsanet.fileio import write_json
 
 SDPA_OP = "aten::scaled_dot_product_attention"
 # dsanet.modeling.blockwise's autograd Function, which the tracer records as one Python op.
@@ -142,29 +140,22 @@ def module_flops(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Counter
         module.train(was_training)
 
 
-class DetectorOnImage(nn.Module):
-    """A detectron2 detector as a function of one image tensor, returning tensors only, for tracing.
-
-    detectron2.utils.analysis.FlopCountAnalysis does the same with detectron2.export's TracingAdapter
-    and counts the same ops (its ignore list changes nothing fvcore counts: a None handle does not
-    replace fvcore's batch_norm handle), but importing detectron2.export needs caffe2, which the
-    installed detectron2 lacks.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """image (3, H, W) -> boxes (R, 4), scores (R,), classes (R,) of the detections."""
-        instances = self.model([{"image": image}])[0]["instances"]
-        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
-
-
 def detector_flops(model: nn.Module, image: torch.Tensor) -> Counter:
     """fvcore flops per operator of a detectron2 detector on one image (3, H, W), eval mode,
-    including pre- and post-processing."""
-    return module_flops(DetectorOnImage(model), (image,))
+    including pre- and post-processing.
+
+    The detector is traced through detectron2's ``TracingAdapter`` (tensors in and out), as
+    ``detectron2.utils.analysis.FlopCountAnalysis`` does; that class itself needs
+    ``detectron2.export``, which v0.6 cannot import (see ``dsanet.compat.tracing_adapter_class``).
+    Its ignore list changes nothing fvcore counts (a None handle does not replace fvcore's
+    batch_norm handle).
+    """
+    adapter = tracing_adapter_class()(model, [{"image": image}], allow_non_tensor=True)
+    was_training = model.training
+    try:
+        return module_flops(adapter, adapter.flattened_inputs)
+    finally:
+        model.train(was_training)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -172,23 +163,23 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_cost_of(model: nn.Module, image_size: Tuple[int, int] = common.FULL_IMAGE_SIZE) -> Dict[str, Any]:
+def model_cost_of(model: nn.Module, image_size: Tuple[int, int] = FULL_IMAGE_SIZE) -> Dict[str, Any]:
     """Parameters and flops of an instantiated detector on one synthetic image of ``image_size``."""
-    by_operator = detector_flops(model, common.synthetic_image(image_size).to(next(model.parameters()).device))
+    by_operator = detector_flops(model, synthetic_image(image_size).to(next(model.parameters()).device))
     return {"params": parameter_count(model), "flops": int(sum(by_operator.values())),
             "flops_by_operator": dict(by_operator), "image_size": list(image_size)}
 
 
-def model_cost(config_path: Union[str, Path], image_size: Tuple[int, int] = common.FULL_IMAGE_SIZE) -> Dict[str, Any]:
+def model_cost(config_path: str, image_size: Tuple[int, int] = FULL_IMAGE_SIZE) -> Dict[str, Any]:
     """Parameters and flops (fvcore: one multiply-add = one flop) of a config's model on one image.
 
     Args:
-        config_path: a config file, absolute or relative to configs/.
+        config_path: a config, relative to configs/ (``dsanet.model_zoo``).
         image_size: (H, W) of the image.
     Returns:
         dict with ``params``, ``flops``, ``flops_by_operator`` and ``image_size``.
     """
-    return model_cost_of(common.build_model(config_path, "cpu"), image_size)
+    return model_cost_of(build_model(config_path, "cpu"), image_size)
 
 
 def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any]:
@@ -197,10 +188,10 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
     Counting always runs on CPU: the count does not depend on the device.
     """
     started = time.perf_counter()
-    image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
+    image_size = QUICK_IMAGE_SIZE if quick else FULL_IMAGE_SIZE
     print(f"\n== Parameters and FLOPs, R50, one {image_size[0]}x{image_size[1]} image "
           f"(fvcore: 1 multiply-add = 1 flop; attention counted as softmax(QK^T)V matmuls) ==", flush=True)
-    models = common.check_models()
+    models = check_models()
     costs: Dict[str, Dict[str, Any]] = {}
     for name, spec in models.items():
         costs[name] = model_cost(spec.config, image_size)
@@ -208,17 +199,17 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
     add_cost_ratios(costs, models)
     print_table(costs)
     result = {"image_size": list(image_size), "quick": quick, "flop_unit": "multiply-add (fvcore)",
-              "models": costs, "machine": common.machine_info("cpu"), "elapsed_s": time.perf_counter() - started}
-    common.write_json(output / "model_cost.json", result)
+              "models": costs, "provenance": machine.record("cpu"), "elapsed_s": time.perf_counter() - started}
+    write_json(output / "model_cost.json", result)
     print(f"wrote {output / 'model_cost.json'} ({result['elapsed_s']:.0f} s)", flush=True)
     return result
 
 
 def add_cost_ratios(costs: Dict[str, Dict[str, Any]],
-                    models: Optional[Mapping[str, common.ModelSpec]] = None) -> None:
+                    models: Optional[Mapping[str, ModelSpec]] = None) -> None:
     """Add each model's ``baseline`` name, ``flop_ratio`` and ``param_ratio`` (against that
-    baseline's flops and params, see :class:`common.ModelSpec`) to its ``costs`` entry, in place."""
-    models = common.check_models(models)
+    baseline's flops and params, see :class:`ModelSpec`) to its ``costs`` entry, in place."""
+    models = check_models(models)
     for name, cost in costs.items():
         base = costs[models[name].baseline]
         cost["baseline"] = models[name].baseline
@@ -235,16 +226,16 @@ def print_table(costs: Dict[str, Dict[str, Any]]) -> None:
         ops = cost["flops_by_operator"]
         attention = sum(ops.get(op, 0) for op in ATTENTION_OPERATORS)  # whichever path ran
         rows.append([name] + ([cost["baseline"]] if several else []) +
-                    [common.fmt(cost["params"] / 1e6, 2), common.fmt(cost["param_ratio"], 3),
-                     common.fmt(cost["flops"] / 1e9, 1), common.fmt(cost["flop_ratio"], 3),
-                     common.fmt(attention / 1e9, 1)])
-    print(common.format_table(["model"] + (["baseline"] if several else []) +
+                    [cli.fmt(cost["params"] / 1e6, 2), cli.fmt(cost["param_ratio"], 3),
+                     cli.fmt(cost["flops"] / 1e9, 1), cli.fmt(cost["flop_ratio"], 3),
+                     cli.fmt(attention / 1e9, 1)])
+    print(cli.format_table(["model"] + (["baseline"] if several else []) +
                               ["params (M)", "param ratio", "GFLOPs", "FLOP ratio", "attention GFLOPs"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: count and print."""
-    common.main_from_command_line(run, __doc__.splitlines()[0], argv)
+    cli.main_from_command_line(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 print where its time goes: the step's wall time, the attention's forward and backward time and
 share, and the operators with the most self time.
 
-    python benchmarks/profile_step.py [--model DSANet-P3-P7] [--quick] [--output output/bench]
+    python -m benchmarks.profile_step [--model DSANet-P3-P7] [--quick] [--output output/bench]
 
 One untimed warm-up step runs first. The attention is recognised by its operators on each path:
 the blockwise Function (``_BlockwiseAttention`` and its backward node), PyTorch's
@@ -12,12 +12,6 @@ overhead, so the step here is slower than in speed.py; the shares are what it is
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import argparse
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -25,7 +19,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks import common, speed
+from benchmarks import cli, machine, speed, timing
+from benchmarks.models import FULL_IMAGE_SIZE, MODELS, QUICK_IMAGE_SIZE, synthetic_batch
+from dsanet.fileio import write_json
 
 # Profiler event names of the attention, per pass. Backward nodes appear as autograd engine events.
 ATTENTION_FORWARD = ("_BlockwiseAttention", "aten::scaled_dot_product_attention", "aten::bmm", "aten::softmax")
@@ -57,15 +53,15 @@ def _inside_attention_or_backward(event) -> bool:
 
 
 def profile_train_step(name: str, image_size, device: str = "cpu") -> Dict[str, Any]:
-    """Warm up, then profile one training step of ``name`` (a key of common.MODELS)."""
-    runner = speed.build_runner(name, common.MODELS[name].config, device)
-    batch = common.synthetic_batch(image_size, 1, device=device)
+    """Warm up, then profile one training step of ``name`` (a key of benchmarks.models.MODELS)."""
+    runner = speed.build_runner(name, MODELS[name].config, device)
+    batch = synthetic_batch(image_size, 1, device=device)
     speed.train_step(runner, batch, device)  # warm-up
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if common.is_cuda(device) else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if timing.is_cuda(device) else [])
     with profile(activities=activities) as prof:
         started = time.perf_counter()
         speed.train_step(runner, batch, device)
-        common.synchronize(device)
+        timing.synchronize(device)
         wall = time.perf_counter() - started
     events = prof.key_averages()
     forward, backward = attention_seconds(prof.events())
@@ -84,24 +80,22 @@ def print_profile(result: Dict[str, Any]) -> None:
           f"{result['device']}, {torch.get_num_threads()} threads, under torch.profiler ==")
     print(f"step {result['wall_s']:.2f} s; attention forward {result['attention_forward_s']:.2f} s, "
           f"backward {result['attention_backward_s']:.2f} s: {100 * result['attention_share']:.0f}% of the step")
-    rows = [[op["op"][:70], common.fmt(op["self_s"], 3), op["calls"]] for op in result["top_self_cpu"]]
-    print(common.format_table(["operator (top 12 by self CPU time)", "self s", "calls"], rows))
+    rows = [[op["op"][:70], cli.fmt(op["self_s"], 3), op["calls"]] for op in result["top_self_cpu"]]
+    print(cli.format_table(["operator (top 12 by self CPU time)", "self s", "calls"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: profile one step of each given model, print, write profile_step.json."""
-    parser = common.add_common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--model", action="append", choices=sorted(common.MODELS),
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", choices=sorted(MODELS),
                         help="model to profile (repeatable; default DSANet-P3-P7)")
-    args = parser.parse_args(argv)
-    common.apply_threads(args.threads)
-    image_size = common.QUICK_IMAGE_SIZE if args.quick else common.FULL_IMAGE_SIZE
+    args = cli.parse_common_arguments(parser, argv)
+    image_size = QUICK_IMAGE_SIZE if args.quick else FULL_IMAGE_SIZE
     results = []
     for name in args.model or ["DSANet-P3-P7"]:
         results.append(profile_train_step(name, image_size, args.device))
         print_profile(results[-1])
-    common.write_json(args.output / "profile_step.json",
-                      {"profiles": results, "machine": common.machine_info(args.device)})
+    write_json(args.output / "profile_step.json", {"profiles": results, "provenance": machine.record(args.device)})
 
 
 if __name__ == "__main__":

@@ -1,35 +1,32 @@
 """Run every benchmark in order (attention, model_cost, speed) and write summary.json.
 
-    python benchmarks/run_all.py --output output/bench [--quick]
+    python -m benchmarks.run_all --output output/bench [--quick]
 
 summary.json maps each model name to its baseline, params, flops, flop_ratio, and train_step_ratio
 and inference_ratio (against its baseline, RetinaNet R50 for every model today: the median of
 per-round ratios, with their min-max spread and the ratio over the FLOP ratio), fp32; on a CPU
 with native bf16 also its "bf16" entry (bf16 autocast time ratios against the fp32 baseline and
 its bf16 speed-up over its own fp32 time, per round); plus the goals (fp32), the P3 memory
-budget and the machine (CPU model and flags).
+budget and the provenance (command, date, machine record with CPU model and flags, load).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import time
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from benchmarks import attention, common, model_cost, speed
+from benchmarks import attention, cli, machine, model_cost, speed
+from benchmarks.models import BASELINE, check_models
+from dsanet.fileio import write_json
 
 
 def build_summary(costs: Mapping[str, Any], speed_result: Mapping[str, Any], device: str,
                   settings: Mapping[str, Any]) -> Dict[str, Any]:
-    """summary.json: per model params/flops/ratios, the goals, and machine information."""
+    """summary.json: per model params/flops/ratios, the goals, and the provenance."""
     main = speed_result["cpu"] if isinstance(speed_result["cpu"], dict) else speed_result["gpu"]["batch2_fp32"]
     bf16 = speed_result.get("cpu_bf16")
     models = {}
-    for name, spec in common.check_models().items():
+    for name, spec in check_models().items():
         cost, timing = costs["models"][name], main.get(name, {})
         models[name] = {"baseline": spec.baseline, "params": cost["params"], "flops": cost["flops"],
                         "flop_ratio": cost["flop_ratio"]}
@@ -44,10 +41,10 @@ def build_summary(costs: Mapping[str, Any], speed_result: Mapping[str, Any], dev
             models[name]["bf16"] = {"train_s": row.get("train_s"), "inference_s": row.get("inference_s")}
             for key in ("train_step_ratio", "inference_ratio", "train_speedup", "inference_speedup"):
                 models[name]["bf16"].update(_spread(row, key))
-    return {"models": models, "baseline": common.BASELINE, "flop_unit": costs["flop_unit"],
+    return {"models": models, "baseline": BASELINE, "flop_unit": costs["flop_unit"],
             "image_size": costs["image_size"], "timing": speed_result["main"],
             "bf16": _bf16_note(bf16), "goals": speed_result["goals"],
-            "machine": common.machine_info(device), **settings}
+            "provenance": machine.record(device), **settings}
 
 
 def _spread(row: Mapping[str, Any], key: str) -> Dict[str, Any]:
@@ -82,14 +79,14 @@ def run(output: Path, quick: bool = False, device: str = "cpu") -> Dict[str, Any
         "quick": quick, "elapsed_s": elapsed,
         "attention_budget": {k: v for k, v in attention_result["budget"].items() if k != "lines"},
     })
-    path = common.write_json(output / "summary.json", summary)
+    path = write_json(output / "summary.json", summary)
     print(f"\nwrote {path}; elapsed: " + ", ".join(f"{k} {v:.0f} s" for k, v in elapsed.items()), flush=True)
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: run everything."""
-    common.main_from_command_line(run, __doc__.splitlines()[0], argv)
+    cli.main_from_command_line(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

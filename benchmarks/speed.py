@@ -1,5 +1,5 @@
 """Training-step time and inference latency of RetinaNet and the DSANet variants (R50), as ratios
-to each model's baseline (RetinaNet; see common.MODELS), with each model's FLOP ratio beside them.
+to each model's baseline (RetinaNet; see benchmarks.models.MODELS), with each model's FLOP ratio beside them.
 
 All models live in one process and are timed in interleaved rounds (every round runs each model
 once, in turn), after one warm-up call each. Each time ratio is taken per round (model time over
@@ -12,20 +12,14 @@ bf16 speed-up (its fp32 time over its bf16 time, per round). Without native bf16
 columns are skipped with a one-line reason (emulated bf16 runs slower than fp32).
 On CUDA: batch 2 and 16 per GPU, fp32 and AMP (fp16 autocast, GradScaler), with peak memory.
 
-    python benchmarks/speed.py --output output/bench [--quick]
+    python -m benchmarks.speed --output output/bench [--quick]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file: import `benchmarks` from the repository root instead
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import contextlib
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -33,8 +27,14 @@ from detectron2.config import instantiate
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from benchmarks import common, model_cost
-from dsanet.precision import cpu_has_native_bf16
+from benchmarks import cli, machine, model_cost, timing
+from benchmarks.memory import MiB, peak_extra_memory
+from benchmarks.models import BASELINE, FULL_IMAGE_SIZE, QUICK_IMAGE_SIZE, ModelSpec, baseline_label, check_models, \
+    synthetic_batch
+from dsanet import model_zoo
+from dsanet.fileio import write_json
+from dsanet.precision import autocast, cpu_has_native_bf16
+from dsanet.provenance import cpu_record
 
 # The optimizer is the configs' SGD (its parameter groups, momentum, weight decay), with a tiny lr:
 # a step costs the same whatever the lr, and a randomly initialised detector trained at lr 0.01 can
@@ -46,6 +46,9 @@ MIN_ROUNDS = 3  # every time ratio comes from at least this many interleaved rou
 GPU_BATCH_SIZES = (2, 16)
 GPU_PRECISIONS = ("fp32", "amp")
 CPU_BF16 = "bf16"  # the CPU's mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)
+# The autocast dtype of each precision: "amp" is fp16 autocast on CUDA (with a GradScaler), "bf16"
+# bf16 autocast on the device's type (no scaler), "fp32" no autocast.
+AUTOCAST_DTYPES = {"fp32": None, "amp": torch.float16, CPU_BF16: torch.bfloat16}
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Runner:
 
 def build_runner(name: str, config: str, device: str) -> Runner:
     """Instantiate a config's model (fresh seeded weights) and its SGD optimizer on ``device``."""
-    cfg = common.load_config(config)
+    cfg = model_zoo.get_config(config)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     cfg.optimizer.params.model = model
@@ -69,15 +72,10 @@ def build_runner(name: str, config: str, device: str) -> Runner:
 
 
 def _autocast(device: str, precision: str):
-    """The autocast context of a precision: "amp" is fp16 autocast on CUDA (with a GradScaler),
-    "bf16" bf16 autocast on ``device``'s type (no scaler), "fp32" nothing."""
-    if precision == "amp":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if precision == CPU_BF16:
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"unknown precision {precision!r} (fp32, amp or {CPU_BF16})")
+    """The autocast context of a precision (see :data:`AUTOCAST_DTYPES`)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(AUTOCAST_DTYPES)})")
+    return autocast("cuda" if precision == "amp" else device, AUTOCAST_DTYPES[precision])
 
 
 def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, precision: str = "fp32") -> None:
@@ -133,7 +131,7 @@ def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str,
             try:  # warm-up here (not in interleaved_times) so that an out-of-memory model is skipped alone
                 train()
                 infer()
-                common.synchronize(device)
+                timing.synchronize(device)
                 out_of_memory = False
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True
@@ -144,19 +142,19 @@ def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str,
                 continue
             train_calls[runner.name, precision], inference_calls[runner.name, precision] = train, infer
 
-    train_times = common.interleaved_times(train_calls, {key: train_repeats[key[0]] for key in train_calls},
+    train_times = timing.interleaved_times(train_calls, {key: train_repeats[key[0]] for key in train_calls},
                                            device, warmup=0)
-    inference_times = common.interleaved_times(
+    inference_times = timing.interleaved_times(
         inference_calls, {key: inference_repeats[key[0]] for key in inference_calls}, device, warmup=0)
     for key in train_calls:
         name, precision = key
         row = results[precision][name]
-        row.update(train_s=common.median(train_times[key]), train_times_s=train_times[key],
-                   inference_s=common.median(inference_times[key]), inference_times_s=inference_times[key])
+        row.update(train_s=timing.median(train_times[key]), train_times_s=train_times[key],
+                   inference_s=timing.median(inference_times[key]), inference_times_s=inference_times[key])
         if memory:
-            row["train_peak_mib"] = common.peak_extra_memory(train_calls[key], device) / common.MiB
-            row["inference_peak_mib"] = common.peak_extra_memory(inference_calls[key], device) / common.MiB
-    if common.is_cuda(device):
+            row["train_peak_mib"] = peak_extra_memory(train_calls[key], device) / MiB
+            row["inference_peak_mib"] = peak_extra_memory(inference_calls[key], device) / MiB
+    if timing.is_cuda(device):
         torch.cuda.empty_cache()
     return results
 
@@ -169,7 +167,7 @@ def round_ratios(times: Sequence[float], base_times: Sequence[float]) -> List[fl
 def _add_spread(row: Dict[str, Any], key: str, values: List[float]) -> None:
     """row[key] = median of ``values``; key_rounds, key_min, key_max beside it (None when empty)."""
     row[f"{key}_rounds"] = values
-    row[key] = common.median(values)
+    row[key] = timing.median(values)
     row[f"{key}_min"], row[f"{key}_max"] = (min(values), max(values)) if values else (None, None)
 
 
@@ -178,16 +176,16 @@ RATIO_KEYS = (("train", "train_step_ratio"), ("inference", "inference_ratio"))
 
 def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[str, Any]],
                reference: Optional[Mapping[str, Mapping[str, Any]]] = None,
-               models: Optional[Mapping[str, common.ModelSpec]] = None) -> None:
+               models: Optional[Mapping[str, ModelSpec]] = None) -> None:
     """Add per-round time ratios (median, min, max) against each model's baseline (its
-    ModelSpec.baseline in ``models``, default common.MODELS), in place.
+    ModelSpec.baseline in ``models``, default benchmarks.models.MODELS), in place.
 
     With ``reference`` (e.g. the fp32 results of the same rounds, for bf16 results) the baseline's
     times are taken from it; without, from ``results`` itself, and then the FLOP ratio and time
     ratio / FLOP ratio (median, min, max) are added too (a FLOP ratio compares like with like only
     within one precision).
     """
-    models = common.check_models(models)
+    models = check_models(models)
     same_precision = reference is None
     reference = results if reference is None else reference
     for name, row in results.items():
@@ -200,7 +198,7 @@ def add_ratios(results: Dict[str, Dict[str, Any]], costs: Mapping[str, Mapping[s
             _add_spread(row, key, round_ratios(row.get(f"{kind}_times_s", []), base.get(f"{kind}_times_s", [])))
             if same_precision:
                 for stat in ("", "_min", "_max"):
-                    row[f"{key}_over_flop_ratio{stat}"] = common.ratio(row[f"{key}{stat}"], row["flop_ratio"])
+                    row[f"{key}_over_flop_ratio{stat}"] = timing.ratio(row[f"{key}{stat}"], row["flop_ratio"])
 
 
 def add_speedups(results: Dict[str, Dict[str, Any]], reference: Mapping[str, Mapping[str, Any]]) -> None:
@@ -215,14 +213,14 @@ def add_speedups(results: Dict[str, Dict[str, Any]], reference: Mapping[str, Map
 
 
 def evaluate_goals(results: Mapping[str, Mapping[str, Any]],
-                   models: Optional[Mapping[str, common.ModelSpec]] = None) -> List[Dict[str, Any]]:
+                   models: Optional[Mapping[str, ModelSpec]] = None) -> List[Dict[str, Any]]:
     """The PASS/FAIL goals, on the medians of the per-round ratios: DSANet at most DSANET_GOAL
     times its baseline (RetinaNet); every model that is not a baseline: each time ratio at most
     FLOP_GOAL times its FLOP ratio."""
-    models = common.check_models(models)
+    models = check_models(models)
     goals = []
     dsanet = results.get("DSANet", {})
-    dsanet_baseline = models["DSANet"].baseline if "DSANet" in models else common.BASELINE
+    dsanet_baseline = models["DSANet"].baseline if "DSANet" in models else BASELINE
     for key, label in (("train_step_ratio", "training step"), ("inference_ratio", "inference")):
         value = dsanet.get(key)
         goals.append({"goal": f"DSANet {label} <= {DSANET_GOAL:.2f}x {dsanet_baseline}", "value": value,
@@ -252,12 +250,12 @@ def print_results(title: str, results: Mapping[str, Mapping[str, Any]], memory: 
                "train/FLOP", "infer/FLOP"] + (["train peak MiB", "infer peak MiB"] if memory else [])
 
     def cells(row: Mapping[str, Any]) -> List[Any]:
-        line = [common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
-                common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
-                common.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
+        line = [cli.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"),
+                cli.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"),
+                cli.fmt(row["flop_ratio"], 3), _spread(row, "train_step_ratio_over_flop_ratio"),
                 _spread(row, "inference_ratio_over_flop_ratio")]
         if memory:
-            line += [common.fmt(row.get("train_peak_mib"), 0), common.fmt(row.get("inference_peak_mib"), 0)]
+            line += [cli.fmt(row.get("train_peak_mib"), 0), cli.fmt(row.get("inference_peak_mib"), 0)]
         return line
 
     _print_model_table(title, results, columns, cells)
@@ -269,8 +267,8 @@ def print_bf16_results(title: str, results: Mapping[str, Mapping[str, Any]]) -> 
     columns = ["bf16 train s", "train ratio (min-max)", "train speed-up (min-max)",
                "bf16 infer s", "infer ratio (min-max)", "infer speed-up (min-max)"]
     _print_model_table(title, results, columns, lambda row: [
-        common.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"), _spread(row, "train_speedup"),
-        common.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"), _spread(row, "inference_speedup")])
+        cli.fmt(row["train_s"], 3), _spread(row, "train_step_ratio"), _spread(row, "train_speedup"),
+        cli.fmt(row["inference_s"], 3), _spread(row, "inference_ratio"), _spread(row, "inference_speedup")])
 
 
 def _print_model_table(title: str, results: Mapping[str, Mapping[str, Any]], columns: Sequence[str],
@@ -287,106 +285,113 @@ def _print_model_table(title: str, results: Mapping[str, Mapping[str, Any]], col
             rows.append(first + [row["error"]] + [None] * (len(headers) - len(first) - 1))
         else:
             rows.append(first + cells(row))
-    print(common.format_table(headers, rows))
+    print(cli.format_table(headers, rows))
 
 
 def _spread(row: Mapping[str, Any], key: str) -> str:
     """"median (min-max)" of a ratio, three decimals."""
-    return f"{common.fmt(row.get(key), 3)} ({common.fmt(row.get(key + '_min'), 3)}-{common.fmt(row.get(key + '_max'), 3)})"
+    return f"{cli.fmt(row.get(key), 3)} ({cli.fmt(row.get(key + '_min'), 3)}-{cli.fmt(row.get(key + '_max'), 3)})"
 
 
-def default_repeats(quick: bool, device: str) -> Tuple[Dict[str, int], Dict[str, int]]:
-    """(train, inference) timed repeats per model (in each precision), after one warm-up call each.
+def default_repeats(quick: bool, device: str, names: Sequence[str]) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """(train, inference) timed repeats of each model in ``names`` (in each precision), after one
+    warm-up call each.
 
     Quick: 2 each (a smoke run; its spreads mean little). Full on CPU: 5 rounds each (at least
     MIN_ROUNDS). CUDA: 10 training steps and 20 inferences.
     """
-    if quick:
-        return {n: 2 for n in common.MODELS}, {n: 2 for n in common.MODELS}
-    if common.is_cuda(device):
-        return {n: 10 for n in common.MODELS}, {n: 20 for n in common.MODELS}
-    return {n: 5 for n in common.MODELS}, {n: 5 for n in common.MODELS}
+    train, inference = (2, 2) if quick else (10, 20) if timing.is_cuda(device) else (5, 5)
+    return {n: train for n in names}, {n: inference for n in names}
 
 
 def run(output: Path, quick: bool = False, device: str = "cpu",
         costs: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
-    """Time all models, print tables and goals, write speed.json.
+    """Time all models (:func:`run_cuda` or :func:`run_cpu`), print tables and goals, write speed.json.
 
     Args:
         costs: model_cost results per model name (with "flop_ratio") at the same image size;
             computed here when not given.
     """
     started = time.perf_counter()
-    image_size = common.QUICK_IMAGE_SIZE if quick else common.FULL_IMAGE_SIZE
-    busy = common.warn_if_busy("speed")
+    image_size = QUICK_IMAGE_SIZE if quick else FULL_IMAGE_SIZE
+    busy = machine.warn_if_busy("speed")
     if costs is None:
         costs = model_cost.run(output, quick=quick)["models"]
-    train_repeats, inference_repeats = default_repeats(quick, device)
-    models = common.check_models()
-    baseline = common.baseline_label(models)
+    models = check_models()
+    train_repeats, inference_repeats = default_repeats(quick, device, list(models))
     runners = [build_runner(name, spec.config, device) for name, spec in models.items()]
     result: Dict[str, Any] = {"image_size": list(image_size), "quick": quick, "device": device, "lr": LR,
                               "train_repeats": train_repeats, "inference_repeats": inference_repeats,
                               "baselines": {name: spec.baseline for name, spec in models.items()},
                               "warning": busy}
-
-    if common.is_cuda(device):
-        result["cpu"] = "skipped: the CUDA device was measured instead"
-        result["cpu_bf16"] = "skipped: the CUDA device was measured instead"
-        result["gpu"] = {}
-        for batch_size in GPU_BATCH_SIZES:
-            batch = common.synthetic_batch(image_size, batch_size, device=device)
-            for precision in GPU_PRECISIONS:
-                key = f"batch{batch_size}_{precision}"
-                print(f"  measuring {key} ...", flush=True)
-                results = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats,
-                                  precisions=(precision,), memory=True)[precision]
-                add_ratios(results, costs, models=models)
-                result["gpu"][key] = results
-                print_results(f"== {device} ({torch.cuda.get_device_name(device)}), batch {batch_size} per GPU, "
-                              f"{precision}, {image_size[0]}x{image_size[1]}; peak = max_memory_allocated over "
-                              f"one call beyond what was allocated before it ==", results, memory=True)
-        main, main_label = result["gpu"]["batch2_fp32"], "cuda batch 2 fp32"
-    else:
-        native_bf16, found = cpu_has_native_bf16()
-        precisions = ("fp32", CPU_BF16) if native_bf16 else ("fp32",)
-        print(f"\n== Speed on CPU ({common.cpu_model()}, {torch.get_num_threads()} threads), batch 1, "
-              f"{'fp32 and bf16 autocast (' + found + ')' if native_bf16 else 'fp32'}, {image_size[0]}x{image_size[1]}; "
-              f"train repeats {_repeats_text(train_repeats)}, inference repeats {_repeats_text(inference_repeats)} ==",
-              flush=True)
-        batch = common.synthetic_batch(image_size, 1, device=device)
-        measured = measure(runners, batch, device, train_repeats=train_repeats, inference_repeats=inference_repeats,
-                           precisions=precisions)
-        main = measured["fp32"]
-        add_ratios(main, costs, models=models)
-        result["cpu"] = main
-        result["gpu"] = "skipped: no CUDA device (torch.cuda.is_available() is False)"
-        print_results(f"fp32: median seconds; per-round ratios against {baseline}: median (min-max)", main, memory=False)
-        if native_bf16:
-            bf16 = measured[CPU_BF16]
-            add_ratios(bf16, costs, reference=main, models=models)
-            add_speedups(bf16, main)
-            result["cpu_bf16"] = bf16
-            print_bf16_results(f"bf16 autocast ({found}; weights and SGD in fp32, no grad scaler), same rounds as "
-                               f"fp32: median seconds; per-round ratios against fp32 {baseline} and speed-up "
-                               f"(the model's fp32 time / its bf16 time): median (min-max)", bf16)
-        else:
-            result["cpu_bf16"] = (f"skipped: this CPU has no native bf16 ({found}); emulated bf16 runs slower than "
-                                  f"fp32 and would mislead")
-            print(f"bf16 columns {result['cpu_bf16']}", flush=True)
-        print("GPU measurements (batch 2 and 16, fp32 and AMP, max_memory_allocated): skipped, no CUDA device")
-        main_label = "cpu batch 1 fp32"
-
+    run_on_device = run_cuda if timing.is_cuda(device) else run_cpu
+    main, main_label = run_on_device(result, runners, device, image_size, costs, models)
     goals = evaluate_goals(main, models)
-    result.update(main=main_label, goals=goals, machine=common.machine_info(device),
+    result.update(main=main_label, goals=goals, provenance=machine.record(device),
                   elapsed_s=time.perf_counter() - started)
     print(f"\nGoals ({main_label}):")
     for goal in goals:
-        print(f"  {'PASS' if goal['pass'] else 'FAIL'}  {goal['goal']}: median {common.fmt(goal['value'], 3)} "
-              f"(min-max {common.fmt(goal['min'], 3)}-{common.fmt(goal['max'], 3)})")
-    common.write_json(output / "speed.json", result)
+        print(f"  {'PASS' if goal['pass'] else 'FAIL'}  {goal['goal']}: median {cli.fmt(goal['value'], 3)} "
+              f"(min-max {cli.fmt(goal['min'], 3)}-{cli.fmt(goal['max'], 3)})")
+    write_json(output / "speed.json", result)
     print(f"wrote {output / 'speed.json'} ({result['elapsed_s']:.0f} s)", flush=True)
     return result
+
+
+def run_cuda(result: Dict[str, Any], runners: Sequence[Runner], device: str, image_size: Tuple[int, int],
+             costs: Mapping[str, Mapping[str, Any]], models: Mapping[str, ModelSpec]) -> Tuple[Dict[str, Any], str]:
+    """Batch 2 and 16 per GPU, fp32 and AMP, with peak memory, into ``result["gpu"]`` (the CPU columns
+    are marked skipped); returns the rows the goals are judged on (batch 2, fp32) and their label."""
+    result["cpu"] = result["cpu_bf16"] = "skipped: the CUDA device was measured instead"
+    result["gpu"] = {}
+    for batch_size in GPU_BATCH_SIZES:
+        batch = synthetic_batch(image_size, batch_size, device=device)
+        for precision in GPU_PRECISIONS:
+            key = f"batch{batch_size}_{precision}"
+            print(f"  measuring {key} ...", flush=True)
+            results = measure(runners, batch, device, train_repeats=result["train_repeats"],
+                              inference_repeats=result["inference_repeats"], precisions=(precision,),
+                              memory=True)[precision]
+            add_ratios(results, costs, models=models)
+            result["gpu"][key] = results
+            print_results(f"== {device} ({torch.cuda.get_device_name(device)}), batch {batch_size} per GPU, "
+                          f"{precision}, {image_size[0]}x{image_size[1]}; peak = max_memory_allocated over "
+                          f"one call beyond what was allocated before it ==", results, memory=True)
+    return result["gpu"]["batch2_fp32"], "cuda batch 2 fp32"
+
+
+def run_cpu(result: Dict[str, Any], runners: Sequence[Runner], device: str, image_size: Tuple[int, int],
+            costs: Mapping[str, Mapping[str, Any]], models: Mapping[str, ModelSpec]) -> Tuple[Dict[str, Any], str]:
+    """Batch 1, fp32 and (where the CPU has native bf16) bf16 autocast in the same rounds, into
+    ``result["cpu"]`` and ``result["cpu_bf16"]`` (the GPU columns are marked skipped); returns the rows
+    the goals are judged on (fp32) and their label."""
+    native_bf16, found = cpu_has_native_bf16()
+    precisions = ("fp32", CPU_BF16) if native_bf16 else ("fp32",)
+    train_repeats, inference_repeats = result["train_repeats"], result["inference_repeats"]
+    baseline = baseline_label(models)
+    print(f"\n== Speed on CPU ({cpu_record()['model_name']}, {torch.get_num_threads()} threads), batch 1, "
+          f"{'fp32 and bf16 autocast (' + found + ')' if native_bf16 else 'fp32'}, {image_size[0]}x{image_size[1]}; "
+          f"train repeats {_repeats_text(train_repeats)}, inference repeats {_repeats_text(inference_repeats)} ==",
+          flush=True)
+    measured = measure(runners, synthetic_batch(image_size, 1, device=device), device, train_repeats=train_repeats,
+                       inference_repeats=inference_repeats, precisions=precisions)
+    main = result["cpu"] = measured["fp32"]
+    add_ratios(main, costs, models=models)
+    result["gpu"] = "skipped: no CUDA device (torch.cuda.is_available() is False)"
+    print_results(f"fp32: median seconds; per-round ratios against {baseline}: median (min-max)", main, memory=False)
+    if native_bf16:
+        bf16 = result["cpu_bf16"] = measured[CPU_BF16]
+        add_ratios(bf16, costs, reference=main, models=models)
+        add_speedups(bf16, main)
+        print_bf16_results(f"bf16 autocast ({found}; weights and SGD in fp32, no grad scaler), same rounds as "
+                           f"fp32: median seconds; per-round ratios against fp32 {baseline} and speed-up "
+                           f"(the model's fp32 time / its bf16 time): median (min-max)", bf16)
+    else:
+        result["cpu_bf16"] = (f"skipped: this CPU has no native bf16 ({found}); emulated bf16 runs slower than "
+                              f"fp32 and would mislead")
+        print(f"bf16 columns {result['cpu_bf16']}", flush=True)
+    print("GPU measurements (batch 2 and 16, fp32 and AMP, max_memory_allocated): skipped, no CUDA device")
+    return main, "cpu batch 1 fp32"
 
 
 def _repeats_text(repeats: Mapping[str, int]) -> str:
@@ -398,7 +403,7 @@ def _repeats_text(repeats: Mapping[str, int]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: time and print."""
-    common.main_from_command_line(run, __doc__.splitlines()[0], argv)
+    cli.main_from_command_line(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

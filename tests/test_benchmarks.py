@@ -1,18 +1,16 @@
 """The benchmark helpers count and measure what they claim (no timings are asserted)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds `benchmarks`
-
-from benchmarks import attention, common, model_cost, run_all, speed  # noqa: E402
-from conftest import make_inputs, narrow_model_config, tiny_model  # noqa: E402
-from dsanet.modeling import DSABlock, SelfAttention2d  # noqa: E402
-from dsanet.precision import FORCE_NO_BF16_ENV, cpu_has_native_bf16  # noqa: E402
+from benchmarks import attention, model_cost, models, run_all, speed, timing
+from conftest import make_inputs, narrow_model_config, tiny_model
+from dsanet import model_zoo
+from dsanet.modeling import DSABlock, SelfAttention2d
+from dsanet.precision import FORCE_NO_BF16_ENV, cpu_has_native_bf16
+from dsanet.provenance import CPU_FLAGS
 
 CHANNELS, HEIGHT, WIDTH = 64, 12, 16
 
@@ -61,10 +59,10 @@ def test_model_cost_of_tiny_models_counts_params_flops_and_attention():
 def test_interleaved_times_runs_calls_in_rounds_with_per_call_repeats():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in "AB"}
-    times = common.interleaved_times(calls, {"A": 3, "B": 2}, "cpu", warmup=1)
+    times = timing.interleaved_times(calls, {"A": 3, "B": 2}, "cpu", warmup=1)
     assert order == ["A", "B", "A", "B", "A", "B", "A"]  # warm-up round, then ABAB, then A alone
     assert [len(times["A"]), len(times["B"])] == [3, 2]
-    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert timing.median([3.0, 1.0, 2.0]) == 2.0
 
 
 def test_time_ratios_are_taken_per_round_and_judged_on_their_median():
@@ -110,8 +108,8 @@ def test_executed_flops_count_padding_and_recomputation():
 
 
 # Two model families as the FCOS configs will add them: every ratio of a model is against its own baseline.
-FAMILIES = {"RetinaNet": common.ModelSpec("r.py"), "DSANet": common.ModelSpec("d.py"),
-            "FCOS": common.ModelSpec("f.py", baseline="FCOS"), "DSA-FCOS": common.ModelSpec("df.py", baseline="FCOS")}
+FAMILIES = {"RetinaNet": models.ModelSpec("r.py"), "DSANet": models.ModelSpec("d.py"),
+            "FCOS": models.ModelSpec("f.py", baseline="FCOS"), "DSA-FCOS": models.ModelSpec("df.py", baseline="FCOS")}
 
 
 def test_every_ratio_is_against_the_models_own_baseline():
@@ -133,18 +131,18 @@ def test_every_ratio_is_against_the_models_own_baseline():
     goals = [g["goal"] for g in speed.evaluate_goals(results, FAMILIES)]
     assert any(g.startswith("DSA-FCOS training step time ratio") for g in goals)
     assert not any(g.startswith(("FCOS ", "RetinaNet ")) for g in goals)  # a baseline has no FLOP goal
-    assert common.baselines(FAMILIES) == ["RetinaNet", "FCOS"]
-    assert common.baseline_label(FAMILIES) == "each model's baseline"
-    assert common.baseline_label({"RetinaNet": common.ModelSpec("r.py"), "DSANet": common.ModelSpec("d.py")}) == "RetinaNet"
+    assert models.baselines(FAMILIES) == ["RetinaNet", "FCOS"]
+    assert models.baseline_label(FAMILIES) == "each model's baseline"
+    assert models.baseline_label({"RetinaNet": models.ModelSpec("r.py"), "DSANet": models.ModelSpec("d.py")}) == "RetinaNet"
 
 
 def test_a_baseline_must_be_a_compared_model_that_is_its_own_baseline():
     with pytest.raises(ValueError, match="'FCOS' is not a compared model"):
-        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
+        models.check_models({"RetinaNet": models.ModelSpec("r.py"), "DSA-FCOS": models.ModelSpec("d.py", "FCOS")})
     with pytest.raises(ValueError, match="not its own baseline"):
-        common.check_models({"RetinaNet": common.ModelSpec("r.py"), "FCOS": common.ModelSpec("f.py"),
-                             "DSA-FCOS": common.ModelSpec("d.py", "FCOS")})
-    assert common.check_models() is common.MODELS
+        models.check_models({"RetinaNet": models.ModelSpec("r.py"), "FCOS": models.ModelSpec("f.py"),
+                             "DSA-FCOS": models.ModelSpec("d.py", "FCOS")})
+    assert models.check_models() is models.MODELS
 
 
 def test_bf16_ratios_are_against_the_fp32_baseline_and_speedups_against_the_models_own_fp32():
@@ -181,40 +179,19 @@ def test_bf16_steps_run_the_network_in_bf16_and_keep_weights_and_sgd_in_fp32():
         speed.inference(runner, batch, "cpu", "fp16")
 
 
-def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatch):
-    real_read_text = Path.read_text
-
-    def no_cpuinfo(path, *args, **kwargs):
-        if str(path) == "/proc/cpuinfo":
-            raise OSError("no /proc here")
-        return real_read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", no_cpuinfo)
-    lscpu = "Architecture:  x86_64\nModel name:    Some CPU\nFlags:         fpu avx2 avx512f avx512_bf16\n"
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=lscpu))
-    assert common.cpu_flags() == {"source": "lscpu", "avx2": True, "avx512f": True, "avx512_bf16": True,
-                                  "amx_tile": False, "amx_bf16": False}
-
-    def no_lscpu(*args, **kwargs):
-        raise FileNotFoundError("lscpu")
-
-    monkeypatch.setattr(subprocess, "run", no_lscpu)
-    assert common.cpu_flags() == {"source": None, **{flag: None for flag in common.CPU_FLAGS}}
-
-
 def quick_speed_run(monkeypatch, tmp_path, names):
     """speed.run(quick=True) on ``names`` only, their configs narrowed to ResNet-18-like toys (an R50
     step is seconds on a busy CPU), at 64x96, recording each (phase, model, precision) call."""
-    monkeypatch.setattr(common, "MODELS", {name: common.MODELS[name] for name in names})
-    monkeypatch.setattr(common, "QUICK_IMAGE_SIZE", (64, 96))
-    load_config = common.load_config
+    monkeypatch.setattr(models, "MODELS", {name: models.MODELS[name] for name in names})
+    monkeypatch.setattr(speed, "QUICK_IMAGE_SIZE", (64, 96))
+    get_config = model_zoo.get_config
 
     def narrowed_config(config):
-        cfg = load_config(config)
+        cfg = get_config(config)
         narrow_model_config(cfg.model, norm="FrozenBN")
         return cfg
 
-    monkeypatch.setattr(common, "load_config", narrowed_config)
+    monkeypatch.setattr(model_zoo, "get_config", narrowed_config)
     calls = []
     train_step, inference = speed.train_step, speed.inference
 
@@ -256,16 +233,16 @@ def test_quick_speed_run_times_fp32_and_bf16_interleaved_in_the_same_rounds(monk
     assert result["goals"][0]["value"] == fp32["DSANet"]["train_step_ratio"]
     written = json.loads((tmp_path / "speed.json").read_text())
     assert set(written["cpu_bf16"]) == {"RetinaNet", "DSANet"}
-    machine = written["machine"]
-    assert machine["cpu_model"] and machine["cpu_native_bf16"] is True
-    assert set(common.CPU_FLAGS) <= set(machine["cpu_flags"])
+    record = written["provenance"]
+    assert record["command"] and record["date"] and record["device"] == "cpu" and "loadavg_1min" in record
+    assert record["machine"]["cpu"]["model_name"] and set(record["machine"]["cpu"]["flags"]) == set(CPU_FLAGS)
     summary = run_all.build_summary({"models": {n: {"params": 1, "flops": 1, **c} for n, c in costs.items()},
                                      "flop_unit": "multiply-add", "image_size": [64, 96]}, result, "cpu", {})
     assert summary["bf16"].startswith("measured")
     assert summary["models"]["DSANet"]["bf16"]["train_speedup"] == bf16["DSANet"]["train_speedup"]
     assert summary["models"]["DSANet"]["bf16"]["inference_ratio_rounds"] == 2
     assert summary["models"]["DSANet"]["baseline"] == "RetinaNet"
-    assert summary["machine"]["cpu_flags"] == machine["cpu_flags"]
+    assert summary["provenance"]["machine"]["cpu"] == record["machine"]["cpu"]
 
 
 def test_quick_speed_run_skips_bf16_with_one_line_where_the_cpu_has_no_native_bf16(monkeypatch, tmp_path, capsys):
@@ -277,7 +254,18 @@ def test_quick_speed_run_skips_bf16_with_one_line_where_the_cpu_has_no_native_bf
     printed = capsys.readouterr().out
     assert [line for line in printed.splitlines() if "bf16" in line] == [f"bf16 columns {result['cpu_bf16']}"]
     written = json.loads((tmp_path / "speed.json").read_text())
-    assert written["cpu_bf16"] == result["cpu_bf16"] and written["machine"]["cpu_native_bf16"] is False
+    assert written["cpu_bf16"] == result["cpu_bf16"]
     summary = run_all.build_summary({"models": {"RetinaNet": {"params": 1, "flops": 1, "flop_ratio": 1.0}},
                                      "flop_unit": "multiply-add", "image_size": [64, 96]}, result, "cpu", {})
     assert summary["bf16"] == result["cpu_bf16"] and "bf16" not in summary["models"]["RetinaNet"]
+
+
+def test_the_benchmarks_run_as_modules_from_the_repository_root():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--help"], cwd=root, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "--output" in result.stdout

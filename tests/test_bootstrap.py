@@ -143,15 +143,17 @@ def test_the_sizing_benchmark_prints_a_row_per_size_and_names_a_size_too_large(g
     path, gt = ground_truth
     detections = tmp_path / "detections.json"
     detections.write_text(json.dumps(noisy_detections(gt)))
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bootstrap_sizes.py"
-    command = [sys.executable, str(script), "--ground-truth", str(path), "--detections", str(detections)]
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "benchmarks.bootstrap_sizes", "--ground-truth", str(path),
+               "--detections", str(detections)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run([*command, "--sizes", "50,400", "--output", str(tmp_path / "sizes.json")],
-                            capture_output=True, text=True, env=env, timeout=600)
+                            capture_output=True, text=True, env=env, timeout=600, cwd=root)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "sizes.json").read_text())["rows"]
     assert [r["num_images"] for r in rows] == [50, 400] and rows[1]["AP"]["std"] < rows[0]["AP"]["std"]
     assert result.stdout.splitlines()[0].startswith("images\tAP\tstd")
-    too_large = subprocess.run([*command, "--sizes", "500"], capture_output=True, text=True, env=env, timeout=600)
+    too_large = subprocess.run([*command, "--sizes", "500"], capture_output=True, text=True, env=env, timeout=600,
+                               cwd=root)
     assert too_large.returncode == 2
     assert too_large.stderr.strip().splitlines()[-1] == f"error: --sizes 500: {path} holds only 400 images"

@@ -1,14 +1,11 @@
 """benchmarks/compare_studies.py: the same variants trained two ways, paired seed by seed."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds `benchmarks`
-
-from benchmarks import compare_studies  # noqa: E402
-from dsanet.errors import UserInputError  # noqa: E402
+from benchmarks import compare_studies
+from dsanet.errors import UserInputError
 
 
 def _study(path: Path, runs) -> Path:

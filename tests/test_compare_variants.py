@@ -142,17 +142,18 @@ def test_two_invocations_launched_together_on_one_folder_make_each_run_once(tiny
 def test_an_interim_report_holds_a_run_that_another_invocation_finished(study, tiny_data, tmp_path):
     """b seed 0 is locked "by another invocation" (this test) that has already finished it: the report
     written after a seed 0 is made must show b as read, and the wait pass then reads it once the lock goes."""
+    import fcntl
     import shutil
     import threading
 
-    from dsanet.study.runner import _RunLock
+    from dsanet.study.locks import LOCK
 
     finished = study["output"] / "runs" / "dsanet_conf" / "seed0"
     target = tmp_path / "runs" / "b" / "seed0"
     shutil.copytree(finished, target)
     marker = json.loads((target / MARKER).read_text())
-    lock = _RunLock(target)
-    assert lock.acquire(blocking=False)
+    lock = os.open(target / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(DEMO_CONFIG),
                          common_overrides=tiny_schedule(tiny_data), log=lambda line: None,
                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
@@ -166,7 +167,7 @@ def test_an_interim_report_holds_a_run_that_another_invocation_finished(study, t
         if len(snapshots) == 1:
             releasing.start()  # the other invocation ends
 
-    releasing = threading.Timer(1.0, lock.release)
+    releasing = threading.Timer(1.0, os.close, (lock,))
     runs = runner.run_all(plan_runs(variants, [0], tmp_path), variants, after_each=report)
     releasing.join()
     assert snapshots[0] == {"a": "done", "b": "reused"}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dsanet import compat
+from dsanet.launch import launch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -93,7 +94,7 @@ def _two_process_worker(output_dir: str) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) launch path")
 def test_launch_runs_two_cpu_processes_over_gloo_with_ddp(tmp_path):
-    compat.launch(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    launch(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path),))
     results = [(tmp_path / f"rank{r}.txt").read_text().split(" ", 2) for r in range(2)]
     assert [r[:2] for r in results] == [["2", "0"], ["2", "1"]]
     assert results[0][2] == results[1][2] == str([[1.5, 1.5, 1.5]])  # mean of 1s and 2s

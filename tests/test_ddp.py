@@ -9,6 +9,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import DSA_VARIANTS, make_inputs, tiny_model
 from dsanet import compat
+from dsanet.launch import launch
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.skipif(torch.cuda.is_available(), reason="exercises the CPU (gloo) launch path")]
@@ -74,7 +75,7 @@ def _equality_worker(output_dir: str, detector: str) -> None:
 
 @pytest.mark.parametrize("detector", sorted(DETECTORS))
 def test_two_processes_of_batch_2_equal_one_process_of_batch_4(tmp_path, detector):
-    compat.launch(_equality_worker, 2, args=(str(tmp_path), detector), timeout=LAUNCH_TIMEOUT)
+    launch(_equality_worker, 2, args=(str(tmp_path), detector), timeout=LAUNCH_TIMEOUT)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     config, norm, head, loss_names = DETECTORS[detector]
     single = train_steps(tiny_model(config, norm=norm, **head), whole_batch())
@@ -107,7 +108,7 @@ def _variants_worker(output_dir: str) -> None:
 
 
 def test_every_variant_trains_under_ddp_without_unused_parameters(tmp_path):
-    compat.launch(_variants_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
+    launch(_variants_worker, 2, args=(str(tmp_path),), timeout=LAUNCH_TIMEOUT)
     for rank in range(2):
         without_gradient = torch.load(tmp_path / f"rank{rank}.pt")
         assert set(without_gradient) == set(DDP_VARIANTS)

@@ -12,7 +12,7 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from conftest import CONFIGS, load_script, tiny_model
 from dsanet.checkpoint import CheckedCheckpointer
-from dsanet.data.synthetic import draw_synthetic_image
+from dsanet.data.shapes import draw_synthetic_image
 from dsanet.engine import load_weights
 from dsanet.errors import UserInputError
 from dsanet.pretrain import ShapePresenceImages

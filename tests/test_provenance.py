@@ -40,3 +40,43 @@ def test_record_invocation_appends_one_entry_per_invocation(tmp_path):
     invocations = json.loads(path.read_text())["invocations"]
     assert [i["world_size"] for i in invocations] == [1, 2]
     assert all("machine" in i and "command" in i for i in invocations)
+
+
+def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    from dsanet.provenance import cpu_record
+
+    real_read_text = Path.read_text
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_cpuinfo)
+    lscpu = "Architecture:  x86_64\nModel name:    Some CPU\nFlags:         fpu avx2 avx512f avx512_bf16\n"
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=lscpu))
+    assert cpu_record()["flags"] == {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_tile": False,
+                                     "amx_bf16": False}
+
+    def no_lscpu(*args, **kwargs):
+        raise FileNotFoundError("lscpu")
+
+    monkeypatch.setattr(subprocess, "run", no_lscpu)
+    assert cpu_record()["flags"] == {flag: None for flag in CPU_FLAGS}
+
+
+def test_a_module_run_with_dash_m_is_recorded_as_one():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from dsanet.provenance import command_line; print(command_line())"
+    # json.tool stands in for any module: run it the way `python -m benchmarks.speed` runs, via runpy.
+    result = subprocess.run([sys.executable, "-c", f"import runpy, sys; sys.argv = ['x', '--quick']; "
+                             f"sys.modules['__main__'].__spec__ = __import__('importlib.util').util.find_spec("
+                             f"'benchmarks.speed'); {code}"], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "python -m benchmarks.speed --quick", result.stderr

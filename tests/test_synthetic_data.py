@@ -153,11 +153,9 @@ def test_register_loads_with_detectron2(small_dataset):
             MetadataCatalog.remove(name)
 
 
-def test_each_size_has_its_own_cached_folder_and_the_old_flat_cache_goes(monkeypatch, tmp_path):
+def test_each_size_has_its_own_cached_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("DSANET_CACHE", str(tmp_path))
-    old = ensure_synthetic_dataset(tmp_path / "synthetic_shapes", num_train=3, num_val=2, image_size=64)  # the old layout
     small = ensure_synthetic_dataset(num_train=4, num_val=2, image_size=64)
-    assert not (old / "COMPLETE.json").exists() and not (old / "train").exists()
     large = ensure_synthetic_dataset(num_train=4, num_val=5, image_size=64)
     assert small != large and small.parent == large.parent == default_root()
     assert len(load_split(small, "val")["images"]) == 2 and len(load_split(large, "val")["images"]) == 5

@@ -22,8 +22,8 @@ import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 import numpy as np
 import torch
 
-from dsanet.checkpoint import atomic_write
 from dsanet.errors import UserInputError, exit_with_status_of
+from dsanet.fileio import atomic_write
 
 # torchvision trains on RGB in [0, 1] normalised by these; detectron2 feeds pixels in [0, 255].
 TORCHVISION_OVERRIDES = ("model.backbone.bottom_up.stages.stride_in_1x1=False", "model.input_format=RGB",

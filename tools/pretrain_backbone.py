@@ -28,11 +28,12 @@ from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import CosineParamScheduler
 
-from dsanet.checkpoint import CheckedCheckpointer, atomic_write, remove_stale_temporary_files
+from dsanet.checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from dsanet.config import load_config
-from dsanet.data.synthetic import CLASS_NAMES
+from dsanet.data.shapes import CLASS_NAMES
 from dsanet.engine import CheckedSimpleTrainer
 from dsanet.errors import UserInputError, exit_with_status_of
+from dsanet.fileio import write_json
 from dsanet.pretrain import (HELD_OUT_STREAM, TRAIN_STREAM, BackboneClassifier, IndexStream, ShapePresenceImages,
                              evaluate_classifier, save_backbone)
 from dsanet.solver import SGDWithGradientClipping
@@ -90,7 +91,7 @@ def check_run_arguments(args: argparse.Namespace, output_dir: Path) -> None:
             raise UserInputError(f"{output_dir} holds a pretraining run with other arguments ({'; '.join(changed)}): "
                                  f"resume it with its own, or choose another --output-dir")
     else:
-        atomic_write(str(path), lambda f: f.write(json.dumps(arguments, indent=2).encode()))
+        write_json(path, arguments)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -148,7 +149,7 @@ def main(args: argparse.Namespace) -> dict:
                                    input_format=input_format)
     accuracy = evaluate_classifier(model, held_out, num_images=args.num_held_out, batch_size=args.batch_size)
     accuracy["iterations"] = max(start_iter, args.max_iter)
-    atomic_write(str(output_dir / "accuracy.json"), lambda f: f.write(json.dumps(accuracy, indent=2).encode()))
+    write_json(output_dir / "accuracy.json", accuracy)
     per_class = ", ".join(f"{name} {100 * value:.1f}%" for name, value in accuracy["per_class"].items())
     print(f"held-out accuracy ({args.num_held_out} images): all labels right {100 * accuracy['exact_match']:.1f}% "
           f"(majority guess {100 * accuracy['majority_exact_match']:.1f}%), per label "

@@ -1,7 +1,7 @@
 """Checkpoints that are written atomically and cannot run code when loaded (unless the user opts in).
 
-Writing: each checkpoint and the ``last_checkpoint`` tag go to ``<name>.tmp.<pid>`` first, are
-flushed to disk, then renamed over their real name (``os.replace``, atomic on POSIX). A process
+Writing: each checkpoint and the ``last_checkpoint`` tag are written with
+:func:`dsanet.fileio.atomic_write` (a temporary file renamed over the real name), so a process
 killed mid-write leaves at most a temporary file that no reader looks at; ``last_checkpoint``
 always names a complete file.
 
@@ -17,15 +17,16 @@ and shape) is an error naming the file, not a model silently left at its initial
 import os
 import pickle
 import re
-from typing import Any, Callable, Dict, IO
+from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
 from .errors import UserInputError
+from .fileio import atomic_write
 
-__all__ = ["CheckedCheckpointer", "WeightsOnlyUnpickler", "UNSAFE_PICKLE_OPT_IN", "remove_stale_temporary_files", "atomic_write"]
+__all__ = ["CheckedCheckpointer", "WeightsOnlyUnpickler", "UNSAFE_PICKLE_OPT_IN", "remove_stale_temporary_files"]
 
 UNSAFE_PICKLE_OPT_IN = "train.allow_unsafe_pickle=True"
 # How torch's weights-only unpickler and ours say that a file needs a global they do not build.
@@ -49,26 +50,6 @@ class WeightsOnlyUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a weights file")
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, renamed over it once on disk."""
-    temporary = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
-        raise
-    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a power cut
-    finally:
-        os.close(folder)
 
 
 def remove_stale_temporary_files(folder: str) -> list:

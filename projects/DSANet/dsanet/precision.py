@@ -13,7 +13,8 @@ from typing import Iterator, List, Tuple
 import torch
 
 __all__ = [
-    "FORCE_NO_BF16_ENV", "cpu_has_native_bf16", "cpu_autocast_dtype", "inference_autocast", "fp32_postprocessing",
+    "FORCE_NO_BF16_ENV", "cpu_has_native_bf16", "cpu_autocast_dtype", "autocast", "inference_autocast",
+    "fp32_postprocessing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,16 @@ def cpu_autocast_dtype(cfg) -> "torch.dtype | None":
     return torch.bfloat16
 
 
-def inference_autocast(cfg):
-    """The autocast context evaluation and prediction run under for ``cfg`` (CPU bf16 or nothing)."""
-    dtype = cpu_autocast_dtype(cfg)
+def autocast(device: "str | torch.device", dtype: "torch.dtype | None"):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or no context at all for None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def inference_autocast(cfg):
+    """The autocast context evaluation and prediction run under for ``cfg`` (CPU bf16 or nothing)."""
+    return autocast("cpu", cpu_autocast_dtype(cfg))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Classification pretraining of a detector's backbone, the CPU stand-in for ImageNet pretraining.
 
 The task: multi-label "which shape classes does this image hold", on images of the synthetic shapes
-generator (:func:`dsanet.data.synthetic.draw_synthetic_image`): each image holds one to four shapes
+generator (:func:`dsanet.data.shapes.draw_synthetic_image`): each image holds one to four shapes
 on clutter, and its label is a 0/1 vector over (circle, square, triangle). The classifier is
 detectron2's bottom-up ResNet exactly as a detector config builds it, then a global average pool over
 its coarsest feature map and one linear layer; the loss is binary cross-entropy per class. The pool
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import atomic_write
-from .data.synthetic import CLASS_NAMES, JPEG_QUALITY, draw_synthetic_image
+from .data.shapes import CLASS_NAMES, JPEG_QUALITY, draw_synthetic_image
+from .fileio import atomic_write
 
 __all__ = ["ShapePresenceImages", "IndexStream", "BackboneClassifier", "backbone_state_dict", "save_backbone",
            "evaluate_classifier", "TRAIN_STREAM", "HELD_OUT_STREAM", "AUTHOR"]

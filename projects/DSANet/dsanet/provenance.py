@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .fileio import write_json
+
 # CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -135,7 +137,12 @@ def machine_record() -> Dict[str, Any]:
 
 
 def command_line(argv: Optional[Sequence[str]] = None) -> str:
-    """The command that is running, as a shell line: ``python tools/x.py --flag value``."""
+    """The command that is running, as a shell line: ``python tools/x.py --flag value``, or
+    ``python -m benchmarks.speed --flag value`` for a module run with ``-m``."""
+    if argv is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name not in (None, "__main__"):  # run as `python -m NAME`
+            return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
     argv = list(sys.argv if argv is None else argv)
     if argv and argv[0].endswith(".py"):
         try:
@@ -167,8 +174,4 @@ def record_invocation(output_dir: str, **extra: Any) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         invocations = []
     invocations.append({**provenance(), **extra})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps({"invocations": invocations}, indent=1))
-    os.replace(temporary, path)
-    return path
+    return write_json(path, {"invocations": invocations})

@@ -1,7 +1,8 @@
-"""Datasets for DSANet: the embedded synthetic shapes dataset (see ``dsanet.data.synthetic``) and
-COCO-format datasets declared in a config (see ``dsanet.data.custom``)."""
+"""Datasets for DSANet: the embedded synthetic shapes dataset (drawn by ``dsanet.data.shapes``, cached
+and registered by ``dsanet.data.synthetic``) and COCO-format datasets declared in a config (see
+``dsanet.data.custom``)."""
+from .shapes import CLASS_NAMES
 from .synthetic import (
-    CLASS_NAMES,
     DEFAULT_DATASET_NAMES,
     default_root,
     ensure_synthetic_dataset,

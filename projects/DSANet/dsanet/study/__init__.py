@@ -1,7 +1,7 @@
 """Paired, multi-seed comparison of model variants through train_net.py (tools/compare_variants.py).
 
 - :mod:`.variants`: what a variant is and how one is written on the command line;
-- :mod:`.runner`: the runs (train or evaluate each variant with each seed), resumable, one lock per run;
+- :mod:`.runner`: the runs (train or evaluate each variant with each seed), resumable; :mod:`.locks`: one lock per run;
 - :mod:`.bootstrap`: how much the validation sample moves a run's AP and a difference (image bootstrap);
 - :mod:`.stats`: mean, std and paired t-intervals over seeds, and an interval split into its parts;
 - :mod:`.report`: results.json, results.csv, summary.md and the plots.

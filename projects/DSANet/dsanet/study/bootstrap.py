@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -169,17 +170,10 @@ def average_precision(table: MatchTable, counts: Optional[np.ndarray] = None) ->
         for t in range(num_thresholds):
             precision[has_gt, t, k] = _mean_precision(tp[t], fp[t], images, table.num_images, counts[has_gt],
                                                       gt_total[has_gt])
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": nan is the answer
         return {"AP": 100 * np.nanmean(precision, axis=(1, 2)),
                 **{name: 100 * np.nanmean(precision[:, t, :], axis=1) for name, t in _IOU_INDEX.items()}}
-
-
-@contextlib.contextmanager
-def _quiet_nanmean():
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": nan is the answer
-        yield
 
 
 def resample_counts(num_images: int, replicates: int = REPLICATES, seed: int = RESAMPLE_SEED) -> np.ndarray:

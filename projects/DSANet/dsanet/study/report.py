@@ -1,13 +1,14 @@
 """The study's outputs: results.json and results.csv (every run), summary.md (tables), ap.png and
 loss_curves.png."""
+import contextlib
 import csv
 import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
-from ..checkpoint import atomic_write
+from ..fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
 from .runner import Run
 from .stats import CI_METHOD, DECOMPOSITION_METHOD, decompose_interval, mean_std, paired_difference, summarize
@@ -147,64 +148,58 @@ def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, flo
     return out
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Several invocations on one study folder each rewrite the report: a reader never sees half a file."""
-    atomic_write(str(path), lambda f: f.write(text.encode()))
+@contextlib.contextmanager
+def _figure(path: Path, figsize: Tuple[float, float]) -> Iterator[tuple]:
+    """Axes and the tab10 colours for the block; then the legend (when anything is labelled: nothing
+    may have finished yet), and the figure written to ``path`` and closed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    try:
+        yield ax, plt.get_cmap("tab10")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _plot_ap(path: Path, variants, runs) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(variants), 4))
     seeds = sorted({r.seed for r in runs})
-    colors = plt.get_cmap("tab10")
     labelled = set()  # each legend entry once
-    for x, v in enumerate(variants):
-        per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
-        for s, ap in per_seed.items():
-            label = f"seed {s}"
-            ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
-                       s=22, zorder=3, label=None if label in labelled else label)
-            labelled.add(label)
-        if per_seed:
-            ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2, zorder=2,
-                      label=None if "mean" in labelled else "mean")
-            labelled.add("mean")
-    ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
-    ax.set_ylabel("COCO AP")
-    ax.set_title("AP per variant (points: seeds, bar: mean)")
-    ax.grid(axis="y", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(str(path), lambda f: fig.savefig(f, dpi=120, format="png"))
-    plt.close(fig)
+    with _figure(path, (1.6 + 1.3 * len(variants), 4)) as (ax, colors):
+        for x, v in enumerate(variants):
+            per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
+            for s, ap in per_seed.items():
+                label = f"seed {s}"
+                ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
+                           s=22, zorder=3, label=None if label in labelled else label)
+                labelled.add(label)
+            if per_seed:
+                ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2,
+                          zorder=2, label=None if "mean" in labelled else "mean")
+                labelled.add("mean")
+        ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
+        ax.set_ylabel("COCO AP")
+        ax.set_title("AP per variant (points: seeds, bar: mean)")
+        ax.grid(axis="y", alpha=0.3)
 
 
 def _plot_losses(path: Path, variants, runs) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = plt.get_cmap("tab10")
-    for i, v in enumerate(x for x in variants if x.trained):  # evaluation-only variants share their source's
-        for j, run in enumerate(r for r in runs if r.variant.name == v.name and r.ok):
-            its, losses = _loss_curve(run)
-            if its:
-                ax.plot(its, losses, color=colors(i % 10), linewidth=1, alpha=0.7, label=v.name if j == 0 else None)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("total_loss")
-    ax.set_yscale("log")
-    ax.set_title("Training loss, one line per seed")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: no legend
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(str(path), lambda f: fig.savefig(f, dpi=120, format="png"))
-    plt.close(fig)
+    with _figure(path, (7, 4)) as (ax, colors):
+        for i, v in enumerate(x for x in variants if x.trained):  # evaluation-only variants share their source's
+            for j, run in enumerate(r for r in runs if r.variant.name == v.name and r.ok):
+                its, losses = _loss_curve(run)
+                if its:
+                    ax.plot(its, losses, color=colors(i % 10), linewidth=1, alpha=0.7, label=v.name if j == 0 else None)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("total_loss")
+        ax.set_yscale("log")
+        ax.set_title("Training loss, one line per seed")
+        ax.grid(alpha=0.3)
 
 
 def write_report(output: Path, *, config_file: str, common_overrides: Sequence[str], variants: Sequence[Variant],
@@ -215,7 +210,6 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     Returns:
         the content of results.json.
     """
-    output.mkdir(parents=True, exist_ok=True)
     summary = {v.name: summarize(_per_seed(runs, v.name), metrics) for v in variants}
     differences = []
     for name, against in comparisons_for(variants, extra_comparisons):
@@ -242,7 +236,7 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
     }
-    _write_atomically(output / "results.json", json.dumps(_json_safe(results), indent=2, default=str))
+    write_json(output / "results.json", _json_safe(results))
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "error"])
@@ -251,8 +245,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
                          r.bootstrap["AP"]["std"] if r.bootstrap else "",
                          "" if math.isnan(r.seconds) else round(r.seconds, 1),
                          r.error.splitlines()[-1] if r.error else ""])
-    _write_atomically(output / "results.csv", table.getvalue())
-    _write_atomically(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds))
+    write_text(output / "results.csv", table.getvalue())
+    write_text(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds))
     _plot_ap(output / "ap.png", variants, runs)
     _plot_losses(output / "loss_curves.png", variants, runs)
     return results

@@ -1,13 +1,10 @@
 """The study's runs: every variant with every seed through train_net.py, each in its own folder
 ``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others.
 
-Several invocations may work on one study folder at once: each run is made under a lock on its
-folder (``flock``, released by the kernel when a process dies), so no two train the same run; a run
-locked by another invocation is left for later and read once that invocation has finished it."""
-import fcntl
+Several invocations may work on one study folder at once (:mod:`.locks`): a run another invocation
+is making is left for later and read once that invocation has finished it."""
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -15,21 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..checkpoint import atomic_write
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
-from . import bootstrap
+from ..fileio import atomic_write, write_json
+from . import bootstrap, locks
 from .variants import Variant
 
 __all__ = ["Run", "plan_runs", "StudyRunner", "MARKER", "format_duration"]
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
-LOCK = ".study_lock"  # held (flock) by the invocation making the run
 DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/
-REPLICATES = "bootstrap_replicates.npz"  # each bootstrap replicate's AP, AP50, AP75 (inference/)
-_ERROR_TAIL_LINES = 15
+REPLICATES_FILE = "bootstrap_replicates.npz"  # each bootstrap replicate's AP, AP50, AP75 (inference/)
 
 
 @dataclass
@@ -56,30 +51,11 @@ class Run:
     def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
         import numpy as np
-        path = self.directory / "inference" / REPLICATES
+        path = self.directory / "inference" / REPLICATES_FILE
         if not path.is_file():
             return None
         with np.load(path) as data:
             return {m: data[m] for m in data.files}
-
-
-class _RunLock:
-    """An exclusive ``flock`` on ``<run folder>/.study_lock``; the kernel drops it when the holder dies."""
-
-    def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def acquire(self, blocking: bool) -> bool:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            return True
-        except BlockingIOError:
-            return False
-
-    def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
 
 
 def ground_truth_file(config_file: str, overrides: Sequence[str]) -> Optional[str]:
@@ -103,7 +79,7 @@ def measure_bootstrap(run: Run, gt_json: str) -> Dict:
     import numpy as np
     table = bootstrap.match_detections(gt_json, bootstrap.load_detections(run.directory / "inference" / DETECTIONS))
     summary, replicated = bootstrap.bootstrap_metrics(table)
-    atomic_write(str(run.directory / "inference" / REPLICATES), lambda f: np.savez(f, **replicated))
+    atomic_write(run.directory / "inference" / REPLICATES_FILE, lambda f: np.savez(f, **replicated))
     reported = run.metrics.get("AP", math.nan)
     summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - reported) < 1e-6)
     return summary
@@ -135,7 +111,8 @@ def _portable(overrides: Sequence[str]) -> List[str]:
     return [o for o in overrides if not o.startswith(("train.output_dir=", "train.init_checkpoint="))]
 
 
-def _tail(path: Path, lines: int = _ERROR_TAIL_LINES) -> str:
+def _tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a run's log, for its error message."""
     text = path.read_text(errors="replace") if path.is_file() else ""
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -229,11 +206,9 @@ class StudyRunner:
                                                                                  self.common_overrides)):
                 self.log(f"{run.label}: not imported from {results_file}: its overrides there were {theirs}")
                 continue
-            run.directory.mkdir(parents=True, exist_ok=True)
-            _write_json(marker, {"variant": run.variant.name, "seed": run.seed, "config_file": self.config_file,
-                                 "overrides": self.overrides(run, sources), "metrics": record["metrics"],
-                                 "bootstrap": record.get("bootstrap") or {}, "seconds": record.get("seconds"),
-                                 "imported_from": str(results_file)})
+            write_json(marker, self._marker(run, self.overrides(run, sources), record["metrics"],
+                                            record.get("bootstrap") or {}, record.get("seconds"),
+                                            imported_from=str(results_file)))
             imported.append(run)
         return imported
 
@@ -255,7 +230,7 @@ class StudyRunner:
             self._add_bootstrap(run, overrides)
             if run.bootstrap:
                 saved["bootstrap"] = run.bootstrap
-                _write_json(marker, saved)
+                write_json(marker, saved)
         return True
 
     def _add_bootstrap(self, run: Run, overrides: List[str]) -> None:
@@ -294,9 +269,12 @@ class StudyRunner:
         run.seconds = time.time() - start
         run.status = "done"
         self._durations[run.variant.trained].append(run.seconds)
-        marker = {"variant": run.variant.name, "seed": run.seed, "config_file": self.config_file,
-                  "overrides": overrides, "metrics": run.metrics, "bootstrap": run.bootstrap, "seconds": run.seconds}
-        _write_json(run.directory / MARKER, marker)
+        write_json(run.directory / MARKER, self._marker(run, overrides, run.metrics, run.bootstrap, run.seconds))
+
+    def _marker(self, run: Run, overrides: List[str], metrics: Dict, bootstrap: Dict, seconds, **extra) -> Dict:
+        """What a finished run's marker holds (what :meth:`_reuse` reads)."""
+        return {"variant": run.variant.name, "seed": run.seed, "config_file": self.config_file, "overrides": overrides,
+                "metrics": metrics, "bootstrap": bootstrap, "seconds": seconds, **extra}
 
     def _make(self, run: Run, prefix: str, overrides: List[str], source_run: Optional[Run], remaining: Sequence[Run],
               wait: bool) -> bool:
@@ -304,20 +282,14 @@ class StudyRunner:
         the lock and ``wait`` is False, or when its source run is still being made elsewhere."""
         if source_run is not None and source_run.status == "elsewhere":
             return False
-        lock = _RunLock(run.directory)
-        if not lock.acquire(blocking=False):
-            if not wait:
-                self.log(f"{prefix}: being made by another invocation; read when it has finished")
-                lock.release()
+        busy = (f"{prefix}: waiting for the invocation that makes it ..." if wait else
+                f"{prefix}: being made by another invocation; read when it has finished")
+        with locks.holding(run.directory, wait=wait, on_busy=lambda: self.log(busy)) as held:
+            if not held:
                 return False
-            self.log(f"{prefix}: waiting for the invocation that makes it ...")
-            lock.acquire(blocking=True)
-        try:
             if self._reuse(run, overrides):  # finished earlier, or by the invocation that held the lock
-                if run.ok:
-                    self.log(f"{prefix}: done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})")
-                else:
-                    self.log(f"{prefix}: FAILED: {run.error}")
+                self.log(f"{prefix}: done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})"
+                         if run.ok else f"{prefix}: FAILED: {run.error}")
                 return True
             if source_run is not None and not source_run.ok:
                 run.status, run.error = "failed", f"its source run {source_run.label} failed"
@@ -333,41 +305,38 @@ class StudyRunner:
             else:
                 self.log(f"{prefix}: FAILED: {run.error}")
             return True
-        finally:
-            lock.release()
 
     def run_all(self, runs: Sequence[Run], variants: Sequence[Variant],
                 after_each: Optional[Callable[[Sequence[Run]], None]] = None) -> List[Run]:
         """Run (or read) every run in order; returns them with status, metrics and errors filled in.
 
-        Runs that another invocation is making are passed over, then waited for and read at the end.
-        ``after_each(runs)`` is called after every run that was made now (e.g. to rewrite the report,
-        so a study stopped part-way still leaves its tables).
+        Runs that another invocation is making are passed over, then waited for and read at the end
+        (:func:`.locks.in_turn`). ``after_each(runs)`` is called after every run that was made now (e.g.
+        to rewrite the report, so a study stopped part-way still leaves its tables).
         """
         sources = {v.name: v for v in variants}
         by_key = {(r.variant.name, r.seed): r for r in runs}
-        deferred = []
-        for wait in (False, True):
-            for index, run in enumerate(deferred if wait else runs):
-                position = runs.index(run) if wait else index
-                prefix = f"[{position + 1}/{len(runs)}] {run.label}"
-                overrides = self.overrides(run, sources)
-                try:  # a bad override fails here in a moment, not after a subprocess has imported everything
-                    load_config(self.config_file, overrides)
-                except UserInputError as e:
-                    run.status, run.error = "failed", f"error: {e}"
-                    self.log(f"{prefix}: FAILED: {run.error}")
-                    continue
-                source_run = None if run.variant.trained else by_key[(run.variant.source, run.seed)]
-                made_before = run.status
-                if not self._make(run, prefix, overrides, source_run, runs[position:], wait):
-                    run.status = "elsewhere"
-                    if not wait:
-                        deferred.append(run)
-                    continue
-                if after_each is not None and (run.status != "reused" or made_before == "elsewhere"):
-                    self._read_finished_elsewhere(runs, sources)
-                    after_each(runs)
+
+        def attempt(position: int, run: Run, wait: bool) -> bool:
+            prefix = f"[{position + 1}/{len(runs)}] {run.label}"
+            overrides = self.overrides(run, sources)
+            try:  # a bad override fails here in a moment, not after a subprocess has imported everything
+                load_config(self.config_file, overrides)
+            except UserInputError as e:
+                run.status, run.error = "failed", f"error: {e}"
+                self.log(f"{prefix}: FAILED: {run.error}")
+                return True
+            source_run = None if run.variant.trained else by_key[(run.variant.source, run.seed)]
+            made_before = run.status
+            if not self._make(run, prefix, overrides, source_run, runs[position:], wait):
+                run.status = "elsewhere"
+                return False
+            if after_each is not None and (run.status != "reused" or made_before == "elsewhere"):
+                self._read_finished_elsewhere(runs, sources)
+                after_each(runs)
+            return True
+
+        locks.in_turn(runs, attempt)
         return list(runs)
 
     def _read_finished_elsewhere(self, runs: Sequence[Run], sources: Dict[str, Variant]) -> None:
@@ -378,7 +347,3 @@ class StudyRunner:
                 if not self._reuse(run, self.overrides(run, sources)) or not run.ok:
                     run.status, run.error = status, ""  # left for its own turn, which reports it
 
-
-def _write_json(path: Path, content: Dict) -> None:
-    """Write ``content`` as JSON atomically: a reader (another invocation) never sees half a file."""
-    atomic_write(str(path), lambda f: f.write(json.dumps(content, indent=2).encode()))
