@@ -6,12 +6,16 @@
     train_net.py --config-file CONFIG --resume            # continue from the output folder
     train_net.py --config-file CONFIG train.device=cpu --num-gpus 2   # 2 processes over gloo
 
+A config that sets ``train.epochs`` has its iterations computed from its training set's size
+(``dsanet.schedule``; logged at the start); one that sets ``train.best_metric`` keeps the best
+evaluated model as ``model_best.pth`` (``dsanet.best_checkpoint``) and ends with its evaluation.
+
 Flags may also follow the ``key=value`` overrides. On one machine without ``--dist-url`` the
 processes meet through a file in a fresh temporary folder, not a TCP port.
 Bad input (missing config or checkpoint, unknown override key, unregistered dataset, a broken
 annotation file, a dataset whose category count differs from model.num_classes, a CUDA config on
-a machine without CUDA, an unreachable checkpoint URL) ends with one line naming what is wrong and
-exit status 2.
+a machine without CUDA, an unreachable checkpoint URL, a bad ``train.epochs``) ends with one line
+naming what is wrong and exit status 2.
 """
 import logging
 import sys
@@ -28,6 +32,7 @@ from dsanet.config import check_device, load_config
 from dsanet.data import check_num_classes, register_datasets_for
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
+from dsanet.schedule import EpochSchedule, resolve_epoch_schedule
 
 logger = logging.getLogger("dsanet")
 
@@ -39,6 +44,9 @@ def setup(args):
     register_datasets_for(cfg, splits=("test",) if args.eval_only else ("train", "test"))
     if not args.eval_only:
         check_num_classes(cfg)
+        schedule = resolve_epoch_schedule(cfg)  # train.epochs -> train.max_iter, warm-up, eval period
+        if schedule is not None:
+            cfg.train.epoch_schedule = schedule.as_dict()  # kept in the output folder's config.yaml
     return cfg
 
 
@@ -47,6 +55,8 @@ def main(args) -> None:
     default_setup(cfg, args)
     # default_setup sets up detectron2's and fvcore's loggers; ours goes to the same console and log.txt.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
+    if not args.eval_only and cfg.train.get("epoch_schedule"):
+        logger.info(EpochSchedule(**cfg.train.epoch_schedule).describe())
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
