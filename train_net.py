@@ -6,12 +6,16 @@
     train_net.py --config-file CONFIG --resume            # continue from the output folder
     train_net.py --config-file CONFIG train.device=cpu --num-gpus 2   # 2 processes over gloo
 
+A config that sets ``train.epochs`` has its iterations computed from its training set's size
+(``dsanet.schedule``; logged at the start); one that sets ``train.best_metric`` keeps the best
+evaluated model as ``model_best.pth`` (``dsanet.best_checkpoint``) and ends with its evaluation.
+
 Flags may also follow the ``key=value`` overrides. On one machine without ``--dist-url`` the
 processes meet through a file in a fresh temporary folder, not a TCP port.
 Bad input (missing config or checkpoint, unknown override key, unregistered dataset, a broken
 annotation file, a dataset whose category count differs from model.num_classes, a CUDA config on
-a machine without CUDA, an unreachable checkpoint URL) ends with one line naming what is wrong and
-exit status 2.
+a machine without CUDA, an unreachable checkpoint URL, a bad ``train.epochs``) ends with one line
+naming what is wrong and exit status 2.
 """
 import logging
 import sys
@@ -30,6 +34,7 @@ from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
 from dsanet.launch import launch
 from dsanet.provenance import record_invocation
+from dsanet.schedule import EpochSchedule, resolve_epoch_schedule
 
 logger = logging.getLogger("dsanet")
 
@@ -41,6 +46,9 @@ def setup(args):
     register_datasets_for(cfg, splits=("test",) if args.eval_only else ("train", "test"))
     if not args.eval_only:
         check_num_classes(cfg)
+        schedule = resolve_epoch_schedule(cfg)  # train.epochs -> train.max_iter, warm-up, eval period
+        if schedule is not None:
+            cfg.train.epoch_schedule = schedule.as_dict()  # kept in the output folder's config.yaml
     return cfg
 
 
@@ -51,6 +59,8 @@ def main(args) -> None:
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
     if comm.is_main_process():  # what the results of this output folder depend on (dsanet.provenance)
         record_invocation(cfg.train.output_dir, world_size=comm.get_world_size(), eval_only=args.eval_only)
+    if not args.eval_only and cfg.train.get("epoch_schedule"):
+        logger.info(EpochSchedule(**cfg.train.epoch_schedule).describe())
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)

@@ -9,7 +9,9 @@
 For every image, ``<output>/<name>.png`` (detections drawn with detectron2's Visualizer, class
 names from the config's test dataset) and ``<output>/<name>.json`` (the detections); for a video,
 ``<output>/<name>.mp4`` and one JSON with the detections of every frame. The weights come from
-``train.init_checkpoint`` (as in ``train_net.py --eval-only``) or ``--weights``. An input that is
+``--weights``, or ``train.init_checkpoint`` given in ``--opts`` (as in ``train_net.py --eval-only``), else
+from the config's training output folder: ``model_best.pth`` (the best evaluated model) when it exists,
+else ``model_final.pth``, else the config's own ``train.init_checkpoint``. An input that is
 missing or unreadable gets one line naming it; the others go on (exit status 1 at the end).
 """
 import argparse
@@ -37,7 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", nargs="+", help="image files, globs ('dir/*.jpg') or folders")
     parser.add_argument("--video-input", help="a video file")
     parser.add_argument("--output", required=True, help="folder for drawn images/videos and JSON detections")
-    parser.add_argument("--weights", default=None, help="checkpoint (default: the config's train.init_checkpoint)")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint; default: train.init_checkpoint when given in --opts, else model_best.pth "
+                             "(the best evaluated model) of the config's training output folder (train.output_dir, "
+                             "or the folder of a config.yaml that training saved) when it exists, else model_final.pth "
+                             "there, else the config's train.init_checkpoint")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score to keep: with object confidence the fused score cls^(1-a) * conf^a, "
                              "on FCOS sqrt(cls * centerness)")
@@ -63,12 +69,10 @@ def expand_inputs(patterns: List[str]) -> Iterator[Tuple[str, str]]:
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
-    """The model of --config-file with --weights (or train.init_checkpoint) and the threshold applied."""
-    from dsanet.config import load_config
+    """The model of --config-file with its weights (see --weights) and the threshold applied."""
+    from dsanet.best_checkpoint import weights_for_tool
 
-    weights = args.weights or load_config(args.config_file, args.opts).train.init_checkpoint
-    if not weights:
-        raise UserInputError("no weights: give --weights or --opts train.init_checkpoint=PATH")
+    weights = weights_for_tool(args.weights, args.config_file, args.opts, init_checkpoint_last=True)
     predictor = Predictor(args.config_file, weights, args.opts)
     # As detectron2's demo: the threshold also filters candidates inside the model, before NMS.
     predictor.model.test_score_thresh = args.confidence_threshold

@@ -56,7 +56,8 @@ def train_on(dataset: Path, output: Path, *overrides: str) -> subprocess.Complet
                "dataloader.test.mapper.augmentations.0.max_size=256",
                "dataloader.train.mapper.augmentations.1.crop_size=[0.9,0.9]",
                "model.anchor_generator.sizes.smallest=24",
-               "train.max_iter=3", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+               "train.epochs=null", "train.warmup_epochs=null", "train.max_iter=3",
+               "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
                "dataloader.test.num_workers=0", "train.seed=0", f"train.output_dir={output}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)

@@ -18,6 +18,7 @@ import torch
 from detectron2.data.detection_utils import read_image
 
 from dsanet.attention_maps import attention_maps, draw_attention
+from dsanet.best_checkpoint import WEIGHTS_HELP, weights_for_tool
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.predictor import Predictor
 
@@ -25,7 +26,7 @@ from dsanet.predictor import Predictor
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--input", required=True, help="an image file")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--points", nargs="*", default=None, metavar="X,Y", help="query points in image pixels")
@@ -48,7 +49,7 @@ def parse_points(texts) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> list:
     """Write the PNGs; returns their paths."""
-    predictor = Predictor(args.config_file, args.weights, args.opts)
+    predictor = Predictor(args.config_file, weights_for_tool(args.weights, args.config_file, args.opts), args.opts)
     if not os.path.isfile(args.input):
         raise UserInputError(f"--input {args.input}: no such file")
     try:

@@ -29,6 +29,7 @@ import torch
 from detectron2.data import DatasetCatalog
 
 from dsanet import export
+from dsanet.best_checkpoint import WEIGHTS_HELP, weights_for_tool
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.media import read_image_or_problem
 from dsanet.predictor import Predictor
@@ -77,7 +78,7 @@ def export_format(name: str, model, sample, path: str, programs: dict) -> Callab
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--output", required=True, help="folder for the exported models and parity.json")
     parser.add_argument("--format", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     parser.add_argument("--input", nargs="*", default=None, help="test images (default: the config's test set)")
@@ -158,7 +159,8 @@ def time_runtimes(model, runtimes: Dict[str, callable], record: dict, repeats: i
 
 def main(args: argparse.Namespace) -> int:
     """Export, check, time; returns the exit status (1 when a tolerance is exceeded or a format failed)."""
-    predictor = Predictor(args.config_file, args.weights, args.opts, device="cpu")
+    weights = weights_for_tool(args.weights, args.config_file, args.opts)
+    predictor = Predictor(args.config_file, weights, args.opts, device="cpu")
     model = predictor.model
     inputs = load_images(predictor, args)
     os.makedirs(args.output, exist_ok=True)

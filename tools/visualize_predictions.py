@@ -17,6 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 from dsanet.config import load_config
 from dsanet.data import register_datasets_for
 from dsanet.data.mapper import UNREADABLE_ERRORS, read_image
+from dsanet.best_checkpoint import WEIGHTS_HELP, weights_for_tool
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.engine import load_weights
 from dsanet.errors import exit_with_status_of
@@ -26,7 +27,7 @@ from dsanet.predictor import input_format_of
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--weights", required=True, help="a .pth/.pkl checkpoint or detectron2:// URL")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--dataset", default=None, help="registered dataset (default: the config's test set)")
     parser.add_argument("--output", required=True, help="folder for the drawn images")
     parser.add_argument("--num-images", type=int, default=8)
@@ -40,7 +41,7 @@ def main(args: argparse.Namespace) -> None:
     register_datasets_for(cfg)
     dataset = args.dataset or cfg.dataloader.test.dataset.names
     model = instantiate(cfg.model).to(cfg.train.device).eval()
-    load_weights(CheckedCheckpointer(model), args.weights, resume=False)
+    load_weights(CheckedCheckpointer(model), weights_for_tool(args.weights, args.config_file, args.opts), resume=False)
     metadata = MetadataCatalog.get(dataset)
     input_format = input_format_of(model, cfg)
     os.makedirs(args.output, exist_ok=True)

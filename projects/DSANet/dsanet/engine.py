@@ -20,12 +20,14 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from . import compat
+from .best_checkpoint import BEST_WEIGHTS, KeepBestModel
 from .checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from .errors import UserInputError
 from .precision import cpu_autocast_dtype, inference_autocast
 
-__all__ = ["do_train", "do_test", "load_weights", "make_checkpointer", "LossNormalizerState", "CheckedCheckpointer",
-           "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer", "WeightsAgreeAcrossProcesses"]
+__all__ = ["do_train", "do_test", "evaluate_kept_model", "load_weights", "make_checkpointer", "LossNormalizerState",
+           "CheckedCheckpointer", "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer",
+           "WeightsAgreeAcrossProcesses"]
 
 logger = logging.getLogger("dsanet")
 
@@ -214,6 +216,10 @@ def do_train(cfg, *, resume: bool) -> None:
     else:
         trainer = CheckedSimpleTrainer(model, train_loader, optimizer)
     checkpointer = make_checkpointer(cfg, model, trainer=trainer)
+    best_metric = cfg.train.get("best_metric") or None
+    keep_best = None
+    if best_metric and cfg.train.eval_period > 0 and comm.is_main_process():
+        keep_best = KeepBestModel(cfg.train.eval_period, model, cfg.train.output_dir, metric=best_metric)
     if comm.is_main_process():
         for name in remove_stale_temporary_files(cfg.train.output_dir):
             logger.info("Removed %s, left half-written by an interrupted run", name)
@@ -226,6 +232,7 @@ def do_train(cfg, *, resume: bool) -> None:
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         # detectron2's EvalHook also evaluates after the last iteration when its period is 0.
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)) if cfg.train.eval_period > 0 else None,
+        keep_best,  # after the EvalHook whose results it reads
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period) if comm.is_main_process() else None,
     ])
@@ -236,3 +243,25 @@ def do_train(cfg, *, resume: bool) -> None:
         logger.info("Nothing to train: resumed at iteration %d of %d", start_iter, cfg.train.max_iter)
         return
     trainer.train(start_iter, cfg.train.max_iter)
+    if best_metric and cfg.train.eval_period > 0:
+        evaluate_kept_model(cfg, model, keep_best.best_iteration if keep_best is not None else None)
+
+
+def evaluate_kept_model(cfg, model: torch.nn.Module, best_iteration) -> None:
+    """After training with ``train.best_metric``: the run's results (``inference/``) become the kept
+    model's. The last evaluation already is when the best was the last iteration; otherwise
+    ``model_best.pth`` is loaded into ``model`` and evaluated again. Every process must call it
+    (``best_iteration`` is known on the main process only)."""
+    best_iteration = comm.all_gather(best_iteration)[0]
+    if best_iteration is None:
+        logger.warning("No model kept: no evaluation gave %s", cfg.train.best_metric)
+        return
+    path = os.path.join(cfg.train.output_dir, BEST_WEIGHTS)
+    if best_iteration >= cfg.train.max_iter:
+        logger.info("Kept model: the last iteration's (%d), %s", best_iteration, path)
+        return
+    logger.info("Kept model: iteration %d of %d, %s; evaluating it, so that the results in %s are its own",
+                best_iteration, cfg.train.max_iter, path, os.path.join(cfg.train.output_dir, "inference"))
+    comm.synchronize()  # the main process has written model_best.pth
+    make_checkpointer(cfg, model).load(path)
+    do_test(cfg, model)

@@ -89,6 +89,12 @@ def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> s
         n = next((d[m]["n"] for m in DIFF_METRICS if d[m]), 0)
         lines.append(f"| {d['variant']} | {d['against']} | {n} | " + " | ".join(cells) + " |")
     lines += _bootstrap_markdown(variants, runs, differences)
+    kept = [r for r in runs if r.ok and r.kept_model]
+    if kept:
+        lines += ["", "Runs that kept their best evaluated model (model_best.pth; their numbers above are that "
+                      "model's):", "", "| run | iteration kept | " + "metric | value |", "|---|---|---|---|"]
+        lines += [f"| {r.label} | {r.kept_model['iteration']} | {r.kept_model['metric']} | "
+                  f"{_fmt(r.kept_model['value'], 2)} |" for r in kept]
     lines += ["", "Variants:", ""]
     for v in variants:
         how = "trained" if v.trained else f"evaluates {v.source}'s checkpoints"
@@ -231,7 +237,7 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
         "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
                   "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error,
-                  "directory": _relative(r.directory, output)} for r in runs],
+                  "kept_model": r.kept_model, "directory": _relative(r.directory, output)} for r in runs],
         "summary": summary, "run_spread": {v.name: _run_spread(runs, v.name) for v in variants},
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
@@ -239,11 +245,12 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     write_json(output / "results.json", _json_safe(results))
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "error"])
+    writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "kept_iteration", "error"])
     for r in runs:
         writer.writerow([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
                          r.bootstrap["AP"]["std"] if r.bootstrap else "",
                          "" if math.isnan(r.seconds) else round(r.seconds, 1),
+                         (r.kept_model or {}).get("iteration", ""),
                          r.error.splitlines()[-1] if r.error else ""])
     write_text(output / "results.csv", table.getvalue())
     write_text(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds))

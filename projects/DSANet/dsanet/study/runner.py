@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..best_checkpoint import BEST_WEIGHTS, read_best_record
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
@@ -47,6 +48,12 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.variant.name} seed {self.seed}"
+
+    @property
+    def kept_model(self) -> Optional[Dict]:
+        """The run's ``model_best.json`` (iteration and score of the model its results are of), or None
+        when it kept only its last iteration (no ``train.best_metric``)."""
+        return read_best_record(self.directory)
 
     def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
@@ -144,8 +151,9 @@ class StudyRunner:
         variant = run.variant
         own = _model_overrides(variant, sources, self.common_overrides)
         own += [f"train.output_dir={run.directory}", f"train.seed={run.seed}"]
-        if not variant.trained:
-            checkpoint = run.directory.parent.parent / variant.source / f"seed{run.seed}" / "model_final.pth"
+        if not variant.trained:  # the source's kept model when it kept one, else its last
+            source = run.directory.parent.parent / variant.source / f"seed{run.seed}"
+            checkpoint = source / (BEST_WEIGHTS if read_best_record(source) else "model_final.pth")
             own.append(f"train.init_checkpoint={checkpoint}")
         return own
 
@@ -255,8 +263,13 @@ class StudyRunner:
         rc = self._execute(self._command(["--resume"] if run.variant.trained else ["--eval-only"], overrides),
                            log_file)
         if rc == 0 and run.variant.trained and (not results.is_file() or results.stat().st_mtime < start):
-            # Training was already complete (nothing to train, so no evaluation): evaluate its final checkpoint.
-            rc = self._execute(self._command(["--eval-only", "--resume"], overrides), log_file)
+            # Training was already complete (nothing to train, so no evaluation): evaluate its kept model
+            # (model_best.pth) when it kept one, else its final checkpoint.
+            if run.kept_model is not None:
+                rc = self._execute(self._command(["--eval-only"], overrides + [
+                    f"train.init_checkpoint={run.directory / BEST_WEIGHTS}"]), log_file)
+            else:
+                rc = self._execute(self._command(["--eval-only", "--resume"], overrides), log_file)
         if rc != 0:
             run.seconds = time.time() - start
             run.status, run.error = "failed", f"train_net.py exited {rc}:\n{_tail(log_file)}"
