@@ -367,3 +367,15 @@ def test_link_check_catches_a_missing_file_and_anchor(tmp_path, monkeypatch):
 def test_links_and_anchors_resolve():
     problems = [problem for page in tracked_markdown() for problem in link_problems(page)]
     assert problems == []
+
+
+def test_captions_state_command_machine_and_date():
+    from dsanet.provenance import cpu_summary, provenance
+
+    record = {"provenance": provenance("python benchmarks/speed.py --output out")}
+    line = render_docs.caption([("benchmarks/results/x.json", record)], REPO / "benchmarks" / "README.md", REPO)
+    machine = record["provenance"]["machine"]
+    assert "`python benchmarks/speed.py --output out`" in line and record["provenance"]["date"] in line
+    assert cpu_summary(machine["cpu"]) in line and f"{machine['torch_threads']} torch threads" in line
+    assert "](results/x.json)" in line
+    assert "machine not recorded" in render_docs.caption([("a.json", {})], REPO / "README.md", REPO)
