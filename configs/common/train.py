@@ -6,7 +6,7 @@ train = dict(
     # only for checkpoints from a source you trust.
     allow_unsafe_pickle=False,
     max_iter=90000,
-    amp=dict(enabled=False),  # mixed precision, used only where CUDA is present
+    amp=dict(enabled=False),  # mixed precision: fp16 + grad scaler on CUDA, bf16 on a CPU with native bf16 (else fp32)
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,  # evaluate every N iterations and after the last; 0: never (no final evaluation)

@@ -1,0 +1,446 @@
+#!/usr/bin/env python
+"""Render the docs' result tables from the kept JSON they come from, or check that they agree.
+
+A page holds a table between two markers::
+
+    <!-- render: NAME -->
+    (generated: a markdown table and a caption naming the file, command, machine and date)
+    <!-- /render -->
+
+``python tools/render_docs.py`` rewrites every such block of every markdown page in place;
+``--check`` rewrites nothing and exits 1 naming each table whose page and JSON disagree (a number
+changed by hand on either side). NAME must be one of :data:`TABLES`.
+"""
+import argparse
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "projects" / "DSANet"))
+
+from dsanet.provenance import CPU_FLAGS, cpu_summary  # noqa: E402
+
+RESULTS = "benchmarks/results"
+BLOCK = re.compile(r"(<!-- render: ([\w.-]+) -->\n)(.*?)(<!-- /render -->)", re.S)
+SKIP_DIRS = {".git", ".venv", ".venv-d2src", "output", "node_modules", "build", "dist"}
+
+
+# ---------------------------------------------------------------- formatting helpers
+def num(value: Optional[float], digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def signed(value: float, digits: int = 2) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def spread(median: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def interval(stat: Dict[str, float], digits: int = 2) -> str:
+    """``mean [low, high]`` of a paired t-interval record."""
+    return f"{stat['mean']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def milliseconds(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+# ---------------------------------------------------------------- provenance captions
+def machine_line(data: Dict[str, Any]) -> str:
+    """The machine a JSON records, in one line: its provenance record, else its own ``machine``."""
+    record = (data.get("provenance") or {}).get("machine") or data.get("machine")
+    if not record:
+        return "machine not recorded"
+    return "machine: " + _machine_text(record)
+
+
+def _machine_text(record: Dict[str, Any]) -> str:
+    if "cpu" in record:  # dsanet.provenance.machine_record()
+        parts = [cpu_summary(record["cpu"])]
+        if record.get("gpu"):
+            gpu = record["gpu"]
+            parts.append(f"{gpu.get('count', 1)}x {gpu['name']} (CUDA {gpu.get('cuda')})")
+        libraries = record.get("libraries") or {}
+        parts += [f"{name} {libraries[name]}" for name in ("torch", "detectron2") if libraries.get(name)]
+        parts.append(f"{record.get('torch_threads')} torch threads")
+        return ", ".join(parts)
+    # The benchmarks' own machine entry (model name, optional flags, torch, threads).
+    flags = record.get("cpu_flags")
+    if flags:
+        cpu = cpu_summary({"model_name": record.get("cpu_model", "unknown"),
+                           "flags": {name: flags.get(name) for name in CPU_FLAGS}})
+    else:
+        cpu = f"{record.get('cpu_model', 'unknown')} (CPU flags not recorded)"
+    parts = [cpu, f"{record.get('cpu_count')} cores", f"torch {record.get('torch')}",
+             f"{record.get('torch_threads')} torch threads"]
+    if record.get("cuda_device"):
+        parts.append(str(record["cuda_device"]))
+    return ", ".join(parts)
+
+
+def caption(sources: Sequence[Tuple[str, Dict[str, Any]]], page: Path, root: Path) -> str:
+    """One line per source file: link, command, machine, date."""
+    lines = []
+    for path, data in sources:
+        prov = data.get("provenance") or {}
+        link = os.path.relpath(root / path, page.parent).replace(os.sep, "/")
+        command = f"`{prov['command']}`" if prov.get("command") else "command not recorded"
+        date = prov.get("date") or "date not recorded"
+        if prov.get("recorded_after_the_run"):
+            date += " (commit date; provenance recorded after the run)"
+        lines.append(f"Source: [`{path}`]({link}); command: {command}; {machine_line(data)}; "
+                     f"date: {date}.")
+    return "\n".join("_" + line + "_" + ("  " if i < len(lines) - 1 else "") for i, line in enumerate(lines))
+
+
+# ---------------------------------------------------------------- tables: benchmarks
+MODEL_NAMES = {"DSANet": "DSANet (P4-P7)", "DSANet-P3half": "DSANet, P3 half resolution",
+               "DSANet-P3-P7": "DSANet, full-resolution P3-P7", "DSA-FCOS": "DSA-FCOS (P4-P7)"}
+
+
+def model_name(name: str) -> str:
+    return MODEL_NAMES.get(name, name)
+
+
+def render_attention(attention: Dict[str, Any]) -> str:
+    cells: Dict[Tuple[str, str], Dict[str, str]] = {}
+    info: Dict[str, Dict[str, Any]] = {}
+    for row in attention["rows"]:
+        info.setdefault(row["level"], row)
+        if row.get("skipped"):
+            text = "skipped"
+        else:
+            text = f"{milliseconds(row['time_s'])} ({milliseconds(row['time_min_s'])}-{milliseconds(row['time_max_s'])})"
+            if row.get("peak_extra_mib") is not None:
+                text += f", {row['peak_extra_mib']:.1f} MiB"
+        cells.setdefault((row["level"], row["mode"]), {"_flops": row["math_flops"]})[row["kind"]] = text
+    rows = []
+    for level, mode in sorted(cells, key=lambda key: (key[0], key[1] != "forward_backward")):
+        first = mode == "forward_backward"
+        row = info[level]
+        rows.append([level.upper() if first else "", f"{row['height']}x{row['width']}" if first else "",
+                     row["auto_path"] if first else "", "fwd+bwd" if first else "forward",
+                     f"{cells[level, mode]['_flops'] / 1e9:.2f}",
+                     *(cells[level, mode].get(kind, "—") for kind in ("dense", "sdpa_padded", "blockwise"))])
+    return table(["level", "H x W", "auto", "pass", "math GFLOP", "dense", "SDPA-padded", "blockwise"], rows)
+
+
+def render_p3_budget(attention: Dict[str, Any]) -> str:
+    budget = attention["budget"]
+    each = ", ".join(f"{value:.1f}" for value in budget["resident_mib_each"])
+    return table(["measure", "value"], [
+        ["level, positions", f"{budget['level'].upper()}, {budget['height']}x{budget['width']}"],
+        [f"peak resident growth, largest of {len(budget['resident_mib_each'])} fresh processes",
+         f"{budget['resident_mib']:.1f} MiB ({budget['resident_mb']:.1f} MB); each: {each} MiB"],
+        ["budget", f"{budget['budget_mb']:.0f} MB"],
+        ["verdict", "met" if budget["pass"] else "**missed**"],
+        ["live tensors (glibc mmap threshold pinned)", f"{budget['live_mib']:.1f} MiB ({budget['live_mb']:.1f} MB)"],
+    ])
+
+
+def render_speed_fp32(speed: Dict[str, Any], cost: Dict[str, Any]) -> str:
+    rows = []
+    for name, run in speed["cpu"].items():
+        model = cost["models"][name]
+        is_base = run["baseline"] == name
+
+        def ratio(key: str) -> str:
+            return "1.000" if is_base else spread(run[key], run[key + "_min"], run[key + "_max"])
+
+        rows.append([model_name(name), run["baseline"], f"{model['params'] / 1e6:.2f} M", f"{model['flops'] / 1e9:.1f}",
+                     f"{run['flop_ratio']:.3f}", f"{run['train_s']:.2f} s", ratio("train_step_ratio"),
+                     ratio("train_step_ratio_over_flop_ratio"), f"{run['inference_s']:.2f} s",
+                     ratio("inference_ratio"), ratio("inference_ratio_over_flop_ratio")])
+    return table(["model", "baseline", "params", "GFLOPs", "FLOP ratio", "train step", "train ratio", "train / FLOP",
+                  "inference", "inference ratio", "inference / FLOP"], rows)
+
+
+def render_speed_bf16(speed: Dict[str, Any]) -> str:
+    bf16 = speed["cpu_bf16"]
+    if not isinstance(bf16, dict):
+        return f"bf16 not measured: {bf16}"
+    rows = []
+    for name, run in bf16.items():
+        rows.append([model_name(name), f"{run['train_s']:.2f} s",
+                     spread(run["train_step_ratio"], run["train_step_ratio_min"], run["train_step_ratio_max"]),
+                     spread(run["train_speedup"], run["train_speedup_min"], run["train_speedup_max"], 2),
+                     f"{run['inference_s']:.2f} s",
+                     spread(run["inference_ratio"], run["inference_ratio_min"], run["inference_ratio_max"]),
+                     spread(run["inference_speedup"], run["inference_speedup_min"], run["inference_speedup_max"], 2)])
+    return table(["model", "bf16 train step", "train ratio vs fp32 baseline", "train speed-up", "bf16 inference",
+                  "inference ratio vs fp32 baseline", "inference speed-up"], rows)
+
+
+def render_goals(goals: List[Dict[str, Any]]) -> str:
+    rows = [[goal["goal"], spread(goal["value"], goal["min"], goal["max"]), "met" if goal["pass"] else "**missed**"]
+            for goal in goals]
+    return table(["goal (judged on the fp32 median)", "median (min-max)", "verdict"], rows)
+
+
+def render_speed_goals(speed: Dict[str, Any]) -> str:
+    return render_goals(speed["goals"])
+
+
+def render_make_bench_summary(summary: Dict[str, Any]) -> str:
+    rows = []
+    for name, model in summary["models"].items():
+        def ratio(key: str) -> str:
+            low, high = model[key + "_spread"]
+            return spread(model[key], low, high)
+
+        rows.append([model_name(name), f"{model['flop_ratio']:.3f}", ratio("train_step_ratio"),
+                     ratio("train_step_ratio_over_flop_ratio"), ratio("inference_ratio"),
+                     ratio("inference_ratio_over_flop_ratio")])
+    return (table(["model", "FLOP ratio", "train ratio", "train / FLOP", "inference ratio", "inference / FLOP"], rows)
+            + "\n\n" + render_goals(summary["goals"]))
+
+
+def render_profile_step(profile: Dict[str, Any]) -> str:
+    parts = []
+    for run in profile["profiles"]:
+        parts.append(table(["model", "image", "step under the profiler", "attention forward", "attention backward",
+                            "attention share of the step"],
+                           [[run["model"], "x".join(map(str, run["image_size"])), f"{run['wall_s']:.2f} s",
+                             f"{run['attention_forward_s']:.2f} s", f"{run['attention_backward_s']:.2f} s",
+                             f"{100 * run['attention_share']:.0f}%"]]))
+        parts.append(table(["operator (top by self CPU time)", "self s", "calls"],
+                           [[f"`{op['op']}`", f"{op['self_s']:.3f}", op["calls"]] for op in run["top_self_cpu"]]))
+    return "\n\n".join(parts)
+
+
+def render_eval_memory(memory: Dict[str, Any]) -> str:
+    samples = dict((int(n), rss) for n, rss in memory["rss_samples_mib"])
+    first, last = min(samples), max(samples)
+    return table(["measure", "MiB"], [
+        [f"RSS after {first} images", f"{samples[first]:.1f}"],
+        [f"RSS after {last} images", f"{samples[last]:.1f}"],
+        [f"growth from {first} to {last} images", f"{memory['growth_after_warmup_mib']:.1f}"],
+        [f"pickled predictions the evaluator keeps ({memory['detections']} detections)",
+         f"{memory['predictions_pickled_mib']:.1f}"],
+        ["bound: 3 x pickled predictions + 64 MiB", f"{memory['bound_mib']:.1f}"],
+        ["peak RSS, COCOeval included", f"{memory['peak_rss_mib']:.1f}"],
+    ]) + f"\n\nGrowth within the bound: {'yes' if memory['growth_after_warmup_mib'] <= memory['bound_mib'] else 'no'}."
+
+
+# ---------------------------------------------------------------- tables: sizing and pretraining
+def render_sizing_validation(small: Dict[str, Any], large: Dict[str, Any]) -> str:
+    by_size = {row["num_images"]: row for row in large["rows"]}
+    rows = []
+    for row in small["rows"]:
+        other = by_size.get(row["num_images"])
+        rows.append([row["num_images"], f"{row['AP']['value']:.1f} ± {row['AP']['std']:.2f}",
+                     f"{other['AP']['value']:.1f} ± {other['AP']['std']:.2f}" if other else "—"])
+    return table(["validation images (the first N)", "AP ± bootstrap std, model trained on 600 images",
+                  "AP ± bootstrap std, model trained on 4000 images"], rows)
+
+
+def render_sizing_training(sizing: Dict[str, Any]) -> str:
+    rows = []
+    for run in sizing["runs"]:
+        own, val = run["train_split"]["AP"], run["val_4000_images"]["AP"]
+        at = ", ".join(f"{run['val_4000_AP_at_iterations'][k]:.1f}" for k in sorted(run["val_4000_AP_at_iterations"], key=int))
+        rows.append([run["train_images"], f"{run['epochs']:.0f}", f"{own:.1f} ({run['train_images_evaluated']} images)",
+                     f"{val:.1f}", f"{own - val:.1f}", at])
+    return table(["training images", "epochs", "AP on its training images", "AP on 4000 validation images", "gap",
+                  "validation AP at iterations " + ", ".join(sorted(sizing["runs"][0]["val_4000_AP_at_iterations"], key=int))],
+                 rows) + f"\n\nRecipe: {sizing['recipe']}."
+
+
+def render_pretrain_accuracy(accuracy: Dict[str, Any], args: Dict[str, Any]) -> str:
+    per_class = ", ".join(f"{name} {100 * value:.1f}%" for name, value in accuracy["per_class"].items())
+    return table(["measure", "value"], [
+        ["iterations x batch, lr, seed", f"{accuracy['iterations']} x {args['batch_size']}, {args['lr']}, {args['seed']}"],
+        ["held-out images", accuracy["num_images"]],
+        ["all labels right", f"{100 * accuracy['exact_match']:.1f}% (majority guess {100 * accuracy['majority_exact_match']:.1f}%)"],
+        ["per label", f"{100 * accuracy['label_accuracy']:.1f}% (majority guess {100 * accuracy['majority_label_accuracy']:.1f}%)"],
+        ["per class", per_class],
+    ])
+
+
+# ---------------------------------------------------------------- tables: studies (tools/compare_variants.py)
+def per_seed_ap(study: Dict[str, Any], variant: str) -> str:
+    values = [(run["seed"], run["metrics"]["AP"]) for run in study["runs"]
+              if run["variant"] == variant and run.get("metrics")]
+    return ", ".join(f"{ap:.2f}" for _, ap in sorted(values))
+
+
+def render_study_summary(study: Dict[str, Any]) -> str:
+    spread_of = study.get("run_spread") or {}
+    rows = []
+    for name, metrics in study["summary"].items():
+        cells = [name, metrics["AP"]["n"], per_seed_ap(study, name)]
+        cells += [f"{num(metrics[key]['mean'], 1)} ± {num(metrics[key]['std'], 1)}" for key in ("AP", "AP50", "AP75", "AR")]
+        cells.append(num(spread_of[name]["AP"]) if name in spread_of else "—")
+        rows.append(cells)
+    return table(["variant", "seeds", "AP per seed", "AP", "AP50", "AP75", "AR", "one run's bootstrap std of AP"], rows)
+
+
+def render_study_differences(study: Dict[str, Any]) -> str:
+    rows = []
+    for diff in study["differences"]:
+        ap = diff["AP"]
+        seeds = ", ".join(signed(ap["per_seed"][k]) for k in sorted(ap["per_seed"], key=int))
+        boot = (diff.get("bootstrap") or {}).get("AP", {}).get("mean")
+        dec = diff.get("decomposition")
+        rows.append([f"{diff['variant']} - {diff['against']}", ap["n"], seeds, interval(ap),
+                     f"[{boot['ci_low']:.2f}, {boot['ci_high']:.2f}]" if boot else "—",
+                     f"[{dec['total_low']:.2f}, {dec['total_high']:.2f}], ±{dec['total_half']:.2f}" if dec else "—",
+                     f"{dec['needed']['1.0']['seeds']} / {dec['needed']['0.5']['seeds']}" if dec else "—"])
+    return table(["AP difference", "seeds", "per seed", "paired t-interval [95%]", "bootstrap over images [95%]",
+                  "total [95%]", "seeds for ±1.0 / ±0.5 AP"], rows)
+
+
+def render_study_differences_ap50_75(study: Dict[str, Any]) -> str:
+    rows = [[f"{diff['variant']} - {diff['against']}", diff["AP"]["n"], interval(diff["AP"]), interval(diff["AP50"]),
+             interval(diff["AP75"])] for diff in study["differences"]]
+    return table(["difference", "seeds", "ΔAP [95% CI]", "ΔAP50 [95% CI]", "ΔAP75 [95% CI]"], rows)
+
+
+def render_study(study: Dict[str, Any]) -> str:
+    return render_study_summary(study) + "\n\n" + render_study_differences(study)
+
+
+def render_study_first(study: Dict[str, Any]) -> str:
+    return render_study_summary(study) + "\n\n" + render_study_differences_ap50_75(study)
+
+
+def render_bf16_vs_fp32(pairs: Dict[str, Any]) -> str:
+    rows = []
+    for row in pairs["rows"]:
+        ap = row["per_seed"]["AP"]
+        seeds = sorted(ap["first"], key=int)
+        rows.append([f"{row['first']} / {row['second']}", ", ".join(seeds),
+                     ", ".join(f"{ap['first'][s]:.2f}" for s in seeds), ", ".join(f"{ap['second'][s]:.2f}" for s in seeds),
+                     interval(row["differences"]["AP"])])
+    return table(["first / second", "seeds", "AP, first study", "AP, second study", "ΔAP second - first [95% CI]"], rows)
+
+
+def render_fp32_control(control: Dict[str, Any], stored: Dict[str, Any]) -> str:
+    kept = {(run["variant"], run["seed"]): run["metrics"]["AP"] for run in stored["runs"] if run.get("metrics")}
+    rows = []
+    for run in control["runs"]:
+        before = kept.get((run["variant"], run["seed"]))
+        rows.append([run["variant"], run["seed"], repr(run["metrics"]["AP"]), repr(before) if before is not None else "—",
+                     "yes" if before == run["metrics"]["AP"] else "no"])
+    return table(["variant", "seed", "AP, trained again", "AP, kept study", "identical"], rows)
+
+
+class Table(NamedTuple):
+    sources: Tuple[str, ...]
+    render: Callable[..., str]
+
+
+TABLES: Dict[str, Table] = {
+    "attention": Table(("attention.json",), render_attention),
+    "p3_budget": Table(("attention.json",), render_p3_budget),
+    "speed_fp32": Table(("speed.json", "model_cost.json"), render_speed_fp32),
+    "speed_bf16": Table(("speed.json",), render_speed_bf16),
+    "speed_goals": Table(("speed.json",), render_speed_goals),
+    "make_bench_summary": Table(("summary.json",), render_make_bench_summary),
+    "profile_step": Table(("profile_step.json",), render_profile_step),
+    "eval_memory": Table(("eval_memory.json",), render_eval_memory),
+    "sizing_validation": Table(("sizing/bootstrap_sizes_train600.json", "sizing/bootstrap_sizes_train4000.json"),
+                               render_sizing_validation),
+    "sizing_training": Table(("sizing/training_size.json",), render_sizing_training),
+    "pretrain_accuracy": Table(("pretrain_backbone/accuracy.json", "pretrain_backbone/pretrain_args.json"),
+                               render_pretrain_accuracy),
+    "study_first": Table(("study/results.json",), render_study_first),
+    "study_benchmark": Table(("study_benchmark/results.json",), render_study),
+    "study_benchmark_3seeds": Table(("study_benchmark/retinanet_dsanet_conf_3seeds/results.json",), render_study),
+    "study_bf16": Table(("study_bf16/results.json",), render_study),
+    "study_bf16_vs_fp32": Table(("study_bf16/bf16_vs_fp32.json",), render_bf16_vs_fp32),
+    "study_fp32_control": Table(("study_bf16/fp32_control/results.json",
+                                 "study_benchmark/retinanet_dsanet_conf_3seeds/results.json"), render_fp32_control),
+    "study_fcos": Table(("study_fcos/results.json",), render_study),
+    "study_finetune": Table(("study_finetune/results.json",), render_study),
+}
+
+
+# ---------------------------------------------------------------- pages
+def pages(root: Path) -> List[Path]:
+    """Every markdown file under ``root`` outside virtual environments, outputs and .git."""
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and not d.startswith(".venv"))
+        found += [Path(directory) / name for name in sorted(files) if name.endswith(".md")]
+    return found
+
+
+def block_text(name: str, page: Path, root: Path) -> str:
+    """The generated contents of block ``name`` on ``page`` (the lines between the markers)."""
+    if name not in TABLES:
+        raise SystemExit(f"error: {page}: unknown table '{name}' (known: {', '.join(sorted(TABLES))})")
+    spec = TABLES[name]
+    sources = []
+    for relative in spec.sources:
+        path = f"{RESULTS}/{relative}"
+        try:
+            sources.append((path, json.loads((root / path).read_text())))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: table '{name}' on {page}: cannot read {path}: {error}")
+    return spec.render(*(data for _, data in sources)) + "\n\n" + caption(sources, page, root) + "\n"
+
+
+def process(root: Path, check: bool) -> List[str]:
+    """Render (or with ``check``, compare) every block; return one message per disagreeing table."""
+    problems = []
+    for page in pages(root):
+        text = page.read_text()
+        if "<!-- render:" not in text:
+            continue
+
+        def replace(match: "re.Match[str]") -> str:
+            wanted = block_text(match.group(2), page, root)
+            if match.group(3) != wanted:
+                diff = next((line for line in difflib.unified_diff(match.group(3).splitlines(), wanted.splitlines(),
+                                                                   lineterm="", n=0)
+                             if line[:1] in "+-" and line[:3] not in ("+++", "---")), "")
+                problems.append(f"{page.relative_to(root)}: table '{match.group(2)}' differs from "
+                                f"{', '.join(RESULTS + '/' + s for s in TABLES[match.group(2)].sources)} "
+                                f"(first differing line: {diff.strip()[:160]})")
+            return match.group(1) + wanted + match.group(4)
+
+        new = BLOCK.sub(replace, text)
+        if not check and new != text:
+            page.write_text(new)
+    return problems
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 naming every table whose page and JSON disagree")
+    parser.add_argument("--root", type=Path, default=REPO, help="repository root (default: this checkout)")
+    args = parser.parse_args(argv)
+    problems = process(args.root.resolve(), args.check)
+    if args.check:
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{len(problems)} table(s) out of date: run python tools/render_docs.py")
+            return 1
+        print("every rendered table agrees with its JSON")
+    else:
+        print(f"rendered; {len(problems)} table(s) changed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
