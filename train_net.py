@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 from dsanet import compat
 from dsanet.config import check_device, load_config
-from dsanet.data import check_num_classes, register_datasets_for
+from dsanet.data import check_num_classes, dataset_fingerprints, register_datasets_for
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
 from dsanet.launch import launch
@@ -58,7 +58,8 @@ def main(args) -> None:
     # default_setup sets up detectron2's and fvcore's loggers; ours goes to the same console and log.txt.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
     if comm.is_main_process():  # what the results of this output folder depend on (dsanet.provenance)
-        record_invocation(cfg.train.output_dir, world_size=comm.get_world_size(), eval_only=args.eval_only)
+        record_invocation(cfg.train.output_dir, world_size=comm.get_world_size(), eval_only=args.eval_only,
+                          data=dataset_fingerprints(cfg, ("test",) if args.eval_only else ("train", "test")))
     if not args.eval_only and cfg.train.get("epoch_schedule"):
         logger.info(EpochSchedule(**cfg.train.epoch_schedule).describe())
     if args.eval_only:

@@ -7,6 +7,9 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from dsanet.data.fingerprint import folder_fingerprint
+from dsanet.data.synthetic import recorded_fingerprint
+from dsanet.errors import UserInputError
 from dsanet.data import CLASS_NAMES, DEFAULT_DATASET_NAMES, default_root, ensure_synthetic_dataset, register_synthetic_dataset
 
 SMALL = {"num_train": 20, "num_val": 8, "image_size": 96}
@@ -108,6 +111,29 @@ def test_unfinished_dataset_is_regenerated(tmp_path):
     (root / "train" / "000000.jpg").unlink()
     ensure_synthetic_dataset(root, num_train=4, num_val=2, image_size=64)
     assert (root / "COMPLETE.json").is_file() and (root / "train" / "000000.jpg").is_file()
+
+
+def test_a_cached_dataset_is_reused_only_with_the_bytes_it_was_generated_with(tmp_path):
+    root = ensure_synthetic_dataset(tmp_path / "data", num_train=4, num_val=2, image_size=64)
+    recorded = recorded_fingerprint(root)
+    assert recorded == folder_fingerprint(root, exclude=["COMPLETE.json"])
+    image = root / "val" / "000001.jpg"
+    original = image.read_bytes()
+    image.write_bytes(original[:-10] + bytes(10))  # another encoder, or a damaged file: other bytes
+    with pytest.raises(UserInputError, match=r"data: the cached synthetic dataset's files changed"):
+        ensure_synthetic_dataset(root, num_train=4, num_val=2, image_size=64)
+    assert image.read_bytes() != original  # nothing is replaced behind the user's back
+    image.write_bytes(original)
+    assert ensure_synthetic_dataset(root, num_train=4, num_val=2, image_size=64) == root
+
+
+def test_a_cache_without_a_recorded_fingerprint_is_generated_again(tmp_path):
+    root = ensure_synthetic_dataset(tmp_path / "data", num_train=4, num_val=2, image_size=64)
+    marker = json.loads((root / "COMPLETE.json").read_text())
+    del marker["fingerprint"]
+    (root / "COMPLETE.json").write_text(json.dumps(marker))
+    ensure_synthetic_dataset(root, num_train=4, num_val=2, image_size=64)
+    assert recorded_fingerprint(root) == folder_fingerprint(root, exclude=["COMPLETE.json"])
 
 
 def test_refuses_to_replace_a_foreign_folder(tmp_path):

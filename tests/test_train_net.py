@@ -68,6 +68,9 @@ def test_training_records_what_its_results_depend_on(trained):
     assert invocation["machine"]["cpu"]["model_name"] and invocation["machine"]["libraries"]["detectron2"]
     assert invocation["machine"]["torch_threads"] >= 1
     assert invocation["world_size"] == 1 and invocation["eval_only"] is False
+    for name in ("synthetic_shapes_train", "synthetic_shapes_val"):  # the data, by content
+        assert invocation["data"][name]["content"].startswith("sha256:")
+        assert invocation["data"][name]["covers"] == "images and annotations"
 
 
 def test_eval_period_0_means_no_evaluation(trained):

@@ -11,6 +11,7 @@ from .synthetic import (
 
 from .custom import (
     check_num_classes,
+    dataset_fingerprints,
     dataset_names_in,
     register_coco_format_datasets,
     register_datasets_for,
@@ -20,6 +21,7 @@ from .validate import CocoJsonReport, validate_coco_json
 
 __all__ = [
     "check_num_classes",
+    "dataset_fingerprints",
     "validation_report",
     "validate_coco_json",
     "CocoJsonReport",

@@ -1,8 +1,10 @@
 """Registering the datasets a config names: custom COCO-format ones declared under the config's
 ``datasets`` key, and the embedded synthetic set on first use."""
+import hashlib
 import logging
+import os
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ..errors import UserInputError
 from .synthetic import DEFAULT_DATASET_NAMES, register_synthetic_dataset
@@ -143,3 +145,26 @@ def check_num_classes(cfg) -> None:
             raise UserInputError(
                 f"{key}: dataset {name!r} has {count} categories ({source}) but model.num_classes={num_classes}; "
                 f"set model.num_classes={count}")
+
+
+def dataset_fingerprints(cfg, splits: Sequence[str] = ("train", "test")) -> Dict[str, Dict[str, str]]:
+    """What the data of a run was, per registered dataset name: the embedded dataset's recorded content
+    fingerprint (images and annotations), else a fingerprint of the annotation file alone (hashing
+    every image of COCO on each start would cost minutes)."""
+    from detectron2.data import MetadataCatalog
+
+    from .synthetic import recorded_fingerprint
+
+    fingerprints = {}
+    for _, name in dataset_names_in(cfg, splits):
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if not json_file or not os.path.isfile(json_file):
+            continue
+        dataset_root = Path(json_file).parent.parent
+        whole = recorded_fingerprint(dataset_root)
+        if whole:
+            fingerprints[name] = {"content": whole, "covers": "images and annotations", "root": str(dataset_root)}
+        else:
+            digest = hashlib.sha256(Path(json_file).read_bytes()).hexdigest()
+            fingerprints[name] = {"content": f"sha256:{digest}", "covers": "annotation file", "root": json_file}
+    return fingerprints

@@ -10,7 +10,7 @@ On disk, the layout is COCO's::
 
     <root>/train/000000.jpg ...          <root>/annotations/train.json
     <root>/val/000000.jpg ...            <root>/annotations/val.json
-    <root>/COMPLETE.json                 (the generation parameters; written last)
+    <root>/COMPLETE.json                 (the generation parameters and the content fingerprint; written last)
 
 where the cached ``<root>`` is ``default_root() / "train600-val100-128px-seed0"`` (its parameters), so
 datasets of other sizes sit side by side and are never mixed. Image ``i`` of a split depends only on
@@ -35,6 +35,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import UserInputError
+from .fingerprint import folder_fingerprint
 from .shapes import CLASS_NAMES, DRAWING_VERSION, JPEG_QUALITY, draw_synthetic_image
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "default_root",
     "dataset_folder",
     "ensure_synthetic_dataset",
+    "recorded_fingerprint",
     "register_synthetic_dataset",
 ]
 
@@ -81,13 +84,37 @@ def _parameters(num_train: int, num_val: int, image_size: int, seed: int) -> Dic
     }
 
 
-def _is_complete(root: Path, parameters: Dict[str, int]) -> bool:
-    """True when ``root`` holds a finished dataset generated with exactly ``parameters``."""
+def _read_marker(root: Path) -> Optional[Dict]:
     try:
         with open(root / _MARKER, encoding="utf-8") as f:
-            return json.load(f) == parameters
+            return json.load(f)
     except (OSError, ValueError):
+        return None
+
+
+def _is_complete(root: Path, parameters: Dict[str, int]) -> bool:
+    """True when ``root`` holds a finished dataset generated with exactly ``parameters`` and its
+    content fingerprint (a marker without one, from before fingerprints, counts as unfinished)."""
+    marker = _read_marker(root)
+    if not isinstance(marker, dict) or "fingerprint" not in marker:
         return False
+    return {k: v for k, v in marker.items() if k != "fingerprint"} == parameters
+
+
+def recorded_fingerprint(root: PathLike) -> Optional[str]:
+    """The content fingerprint recorded when the dataset in ``root`` was generated, or None."""
+    marker = _read_marker(Path(root))
+    return marker.get("fingerprint") if isinstance(marker, dict) else None
+
+
+def _check_fingerprint(root: Path) -> None:
+    """A cached dataset is reused only with the bytes it was generated with: results trained on
+    other images would not be comparable, and nothing else would notice."""
+    recorded, found = recorded_fingerprint(root), folder_fingerprint(root, exclude=[_MARKER])
+    if found != recorded:
+        raise UserInputError(
+            f"{root}: the cached synthetic dataset's files changed since it was generated (content "
+            f"{found}, recorded {recorded}); delete the folder and it is generated again")
 
 
 def _looks_generated(root: Path) -> bool:
@@ -105,7 +132,8 @@ def ensure_synthetic_dataset(
 ) -> Path:
     """Generate the synthetic shapes dataset into ``root``, unless it is already there.
 
-    Nothing is written when ``<root>/COMPLETE.json`` records the same parameters. Otherwise the
+    Nothing is written when ``<root>/COMPLETE.json`` records the same parameters; the files are then
+    checked against the content fingerprint recorded there (``dsanet.data.fingerprint``). Otherwise the
     whole dataset is generated in a temporary sibling folder, the marker is written last, and
     the folder is renamed to ``root`` (replacing an older or unfinished dataset there).
 
@@ -122,6 +150,7 @@ def ensure_synthetic_dataset(
     Raises:
         ValueError: If a parameter is out of range.
         FileExistsError: If ``root`` exists and holds files this module did not write.
+        UserInputError: If a cached dataset's files differ from its recorded fingerprint.
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"image counts must be >= 0, got num_train={num_train}, num_val={num_val}")
@@ -132,6 +161,7 @@ def ensure_synthetic_dataset(
     root = Path(root).expanduser().absolute()
     parameters = _parameters(num_train, num_val, image_size, seed)
     if _is_complete(root, parameters):
+        _check_fingerprint(root)
         return root
     if root.exists() and not (root.is_dir() and _looks_generated(root)):
         raise FileExistsError(
@@ -147,8 +177,9 @@ def ensure_synthetic_dataset(
             coco = _write_split(staging / split, counts[split], image_size, seed, split_index)
             with open(staging / "annotations" / f"{split}.json", "w", encoding="utf-8") as f:
                 json.dump(coco, f)
+        fingerprint = folder_fingerprint(staging, exclude=[_MARKER])
         with open(staging / _MARKER, "w", encoding="utf-8") as f:
-            json.dump(parameters, f)
+            json.dump({**parameters, "fingerprint": fingerprint}, f)
         _move_into_place(staging, root, parameters)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
