@@ -283,3 +283,51 @@ def test_t_quantiles_without_scipy_agree_with_the_table(monkeypatch):
 def test_bad_variant_specs_are_named(spec, parse, message):
     with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse(spec)
+
+
+def test_every_run_records_where_it_was_trained_and_on_what_data(study, tiny_data):
+    from dsanet.data.synthetic import recorded_fingerprint
+
+    for run in study["first_results"]["runs"]:
+        if run["status"] not in ("done", "reused") or run["variant"] == "alpha0.7":
+            continue
+        setup = run["setup"]
+        assert setup["machine"]["cpu"]["model_name"] and setup["machine"]["torch_threads"] >= 1, run["variant"]
+        assert setup["machine"]["libraries"]["torch"]
+        assert {d["content"] for d in setup["data"].values()} == {recorded_fingerprint(tiny_data)}
+    assert study["first_results"]["provenance"]["command"].startswith("python tools/compare_variants.py")
+
+
+def test_runs_replicated_on_another_setup_give_a_setup_part_that_widens_the_interval(study, tiny_data, tmp_path):
+    """A study re-reported from its kept results.json with a replicate of seed 0 made elsewhere: nothing is
+    trained, each result's shift between setups is reported, and the difference's total interval holds it."""
+    kept = tmp_path / "kept_results.json"
+    kept.write_text((study["output"] / "results.json").read_text())
+    elsewhere = json.loads(kept.read_text())
+    shifts = {"retinanet": 0.5, "dsanet_conf": 0.2}
+    for run in elsewhere["runs"]:
+        if run["variant"] in shifts and run["seed"] == 0:
+            run["metrics"]["AP"] += shifts[run["variant"]]
+            run["setup"] = {"machine": None}
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    output = tmp_path / "with_setups"
+    command = [sys.executable, str(TOOL), "--config-file", str(DEMO_CONFIG), "--seeds", "2", "--output", str(output),
+               "--import-results", str(kept), "--import-setup", f"other={tmp_path / 'elsewhere.json'}",
+               "--variant", "retinanet: model.head.dsa_levels=[] model.head.with_confidence=False",
+               "--variant", "dsanet_conf:", *tiny_schedule(tiny_data)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ": training ..." not in done.stdout
+    assert "--import-setup other: 4 runs replicated" in done.stdout
+    results = json.loads((output / "results.json").read_text())
+    assert results["setup_spread"]["retinanet"]["max_shift"] == pytest.approx(0.5)
+    assert results["setup_spread"]["retinanet"]["groups"] == 2  # seed 1 moved by 0 there
+    [difference] = results["differences"]
+    assert difference["setup"]["max_shift"] == pytest.approx(0.3)
+    parts = difference["decomposition"]
+    assert parts["setup_half"] == pytest.approx(difference["setup"]["half"]) and parts["setup_half"] > 0
+    assert parts["total_half"] == pytest.approx(math.sqrt(parts["training_half"] ** 2 + parts["validation_half"] ** 2
+                                                          + parts["setup_half"] ** 2))
+    summary = (output / "summary.md").read_text()
+    assert "How far a result moves between setups" in summary and "machine not recorded" in summary

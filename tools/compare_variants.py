@@ -19,14 +19,22 @@ by name with its error, and the others go on. The report files are rewritten aft
 not yet made are listed as "pending").
 Several invocations may share one output folder: each run is locked while it is made, so none is
 made twice, and each invocation waits for the others' runs before its final report.
+
+How far a result moves on another setup (processor, thread count): train the same study there (or with
+--threads N) into another folder, then report this one with --import-setup NAME=OTHER/results.json.
+Each run records where it was trained (its folder's provenance.json); the replicated runs give a setup
+part beside the seed and validation parts, and the total interval of a difference includes it.
 """
 import argparse
+import os
 from pathlib import Path
 
 import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.evaluation import PAPER_METRICS
+from dsanet.provenance import provenance
 from dsanet.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
+from dsanet.study.runner import read_study
 from dsanet.study.variants import check_variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--import-results", metavar="RESULTS_JSON",
                         help="an earlier study's results.json (same config): its finished runs count as finished "
                              "here, without their detections (for a study whose run folders are gone)")
+    parser.add_argument("--import-setup", action="append", default=[], metavar="NAME=RESULTS_JSON",
+                        help="another study's results.json with the same config and variants, trained on another "
+                             "setup (processor or thread count): its runs replicate this study's and measure how far "
+                             "a result moves between setups (repeat)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="intra-op threads of every run (OMP_NUM_THREADS; default: the environment's)")
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides for every run")
     return parser.parse_args(argv)
@@ -66,18 +80,32 @@ def main(args: argparse.Namespace) -> int:
                               [parse_eval_variant(v) for v in args.eval_variant], comparisons)
     output = Path(args.output).resolve()
     seeds = list(range(args.seeds))
+    if args.threads is not None and args.threads < 1:
+        raise UserInputError(f"--threads {args.threads}: need at least 1")
+    env = None if args.threads is None else dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     runner = StudyRunner(train_net=ROOT / "train_net.py", config_file=str(Path(args.config_file).resolve()),
-                         common_overrides=args.opts, num_gpus=args.num_gpus,
+                         common_overrides=args.opts, num_gpus=args.num_gpus, env=env,
                          log=lambda line: print(line, flush=True))
+    invocation = provenance()
 
     def report(runs) -> None:
         write_report(output, config_file=args.config_file, common_overrides=args.opts, variants=variants,
-                     seeds=seeds, runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons)
+                     seeds=seeds, runs=runs, metrics=PAPER_METRICS, extra_comparisons=comparisons,
+                     setup_replicates=replicates, imported_differences=imported_differences, provenance=invocation)
 
     planned = plan_runs(variants, seeds, output)
+    imported_differences, replicates = [], []
     if args.import_results:
         for run in runner.import_finished(planned, variants, Path(args.import_results)):
             print(f"{run.label}: imported from {args.import_results}", flush=True)
+        imported_differences = read_study(Path(args.import_results), runner.config_file)[0].get("differences") or []
+    for spec in args.import_setup:
+        name, _, path = spec.partition("=")
+        if not name.strip() or not path:
+            raise UserInputError(f"--import-setup {spec!r}: expected NAME=RESULTS_JSON")
+        found = runner.import_setup(planned, variants, name.strip(), Path(path))
+        print(f"--import-setup {name.strip()}: {len(found)} runs replicated from {path}", flush=True)
+        replicates += found
     # The report is rewritten after every run: a study stopped part-way still leaves its tables.
     runs = runner.run_all(planned, variants, after_each=report)
     report(runs)

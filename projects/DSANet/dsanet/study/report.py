@@ -6,15 +6,17 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
 from .runner import Run
-from .stats import CI_METHOD, DECOMPOSITION_METHOD, decompose_interval, mean_std, paired_difference, summarize
+from ..provenance import cpu_summary
+from .stats import (CI_METHOD, DECOMPOSITION_METHOD, SETUP_METHOD, decompose_interval, mean_std, paired_difference,
+                    setup_spread, summarize)
 from .variants import Variant
 
-__all__ = ["write_report", "comparisons_for", "DIFF_METRICS"]
+__all__ = ["write_report", "comparisons_for", "setup_label", "DIFF_METRICS", "THIS_STUDY"]
 
 DIFF_METRICS = ("AP", "AP50", "AP75")
 
@@ -208,10 +210,67 @@ def _plot_losses(path: Path, variants, runs) -> None:
         ax.grid(alpha=0.3)
 
 
+THIS_STUDY = "this study"  # the setup name of the study's own runs, beside imported setup replicates
+
+
+def setup_label(setup: Optional[Dict]) -> str:
+    """A run's setup in words: processor and intra-op threads, or "machine not recorded"."""
+    machine = (setup or {}).get("machine")
+    if not machine:
+        return "machine not recorded"
+    return f"{cpu_summary(machine['cpu'])}, {machine.get('torch_threads')} threads"
+
+
+def _setup_groups(runs: Sequence[Run], replicates: Sequence[Dict], name: str, metric: str = "AP"
+                  ) -> Dict[int, Dict[str, float]]:
+    """seed -> {setup name: the variant's ``metric``}: the study's own run and its replicates elsewhere."""
+    groups = {s: {THIS_STUDY: r[metric]} for s, r in _per_seed(runs, name).items()}
+    for rep in replicates:
+        if rep["variant"] == name and rep["seed"] in groups and rep["metrics"].get(metric) is not None:
+            groups[rep["seed"]][rep["setup_name"]] = rep["metrics"][metric]
+    return groups
+
+
+def _difference_setup_groups(runs, replicates, name: str, against: str) -> Dict[int, Dict[str, float]]:
+    """seed -> {setup name: variant - against} on every setup that trained both."""
+    a, b = _setup_groups(runs, replicates, name), _setup_groups(runs, replicates, against)
+    return {s: {k: a[s][k] - b[s][k] for k in a[s].keys() & b[s].keys()} for s in a.keys() & b.keys()}
+
+
+def _setup_markdown(variants, runs, replicates, differences) -> List[str]:
+    if not replicates:
+        return []
+    lines = ["", f"How far a result moves between setups. Method: {SETUP_METHOD}.", "",
+             "| run | setup | AP |", "|---|---|---|"]
+    for r in runs:
+        if r.ok and any(rep["variant"] == r.variant.name and rep["seed"] == r.seed for rep in replicates):
+            lines.append(f"| {r.label} | {THIS_STUDY}: {setup_label(r.setup)} | {_fmt(r.metrics.get('AP'), 2)} |")
+            lines += [f"| {r.label} | {rep['setup_name']}: {setup_label(rep['setup'])} | "
+                      f"{_fmt(rep['metrics'].get('AP', math.nan), 2)} |"
+                      for rep in replicates if rep["variant"] == r.variant.name and rep["seed"] == r.seed]
+    lines += ["", "| result | groups | setups | largest shift | sd | ± (95%) |", "|---|---|---|---|---|---|"]
+    for v in variants:
+        spread = setup_spread(_setup_groups(runs, replicates, v.name))
+        if spread:
+            lines.append(f"| {v.name} AP | {spread['groups']} | {len(spread['setups'])} | {_fmt(spread['max_shift'], 2)} | "
+                         f"{_fmt(spread['sd'], 2)} | {_fmt(spread['half'], 2)} |")
+    for d in differences:
+        if d.get("setup"):
+            spread = d["setup"]
+            lines.append(f"| {d['variant']} − {d['against']} ΔAP | {spread['groups']} | {len(spread['setups'])} | "
+                         f"{_fmt(spread['max_shift'], 2)} | {_fmt(spread['sd'], 2)} | {_fmt(spread['half'], 2)} |")
+    return lines
+
+
 def write_report(output: Path, *, config_file: str, common_overrides: Sequence[str], variants: Sequence[Variant],
                  seeds: Sequence[int], runs: Sequence[Run], metrics: Sequence[str],
-                 extra_comparisons: Sequence[Tuple[str, str]] = ()) -> Dict:
+                 extra_comparisons: Sequence[Tuple[str, str]] = (), setup_replicates: Sequence[Dict] = (),
+                 imported_differences: Sequence[Dict] = (), provenance: Optional[Dict] = None) -> Dict:
     """Write results.json, results.csv, summary.md, ap.png and loss_curves.png into ``output``.
+
+    ``setup_replicates`` (``StudyRunner.import_setup``) add each result's setup part; ``imported_differences``
+    (an imported study's ``differences``) give a pair whose runs were all imported (no detections here)
+    that study's paired image bootstrap, when it was over the same seeds; ``provenance`` is the invocation's.
 
     Returns:
         the content of results.json.
@@ -224,20 +283,29 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
             m: paired_difference({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
             for m in DIFF_METRICS}}
         paired = paired_bootstrap(_replicated(runs, name), _replicated(runs, against))
+        if paired is None and difference["AP"]:  # every run imported: the importing study's own bootstrap
+            paired = next((d.get("bootstrap") for d in imported_differences if d.get("variant") == name and
+                           d.get("against") == against and (d.get("AP") or {}).get("n") == difference["AP"]["n"]), None)
         difference["bootstrap"] = paired
+        difference["setup"] = setup_spread(_difference_setup_groups(runs, setup_replicates, name, against))
         if paired and difference["AP"]:
             # Runs imported without detections (compare_variants.py --import-results) have no replicates:
             # the validation part is then measured over fewer seeds than the training part (said in the table).
             images = _run_spread(runs, name)["num_images"]
-            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], images)
+            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], images, setup=difference["setup"])
             difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}
         differences.append(difference)
     results = {
+        "provenance": provenance,
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
         "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
                   "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error,
-                  "kept_model": r.kept_model, "directory": _relative(r.directory, output)} for r in runs],
+                  "kept_model": r.kept_model, "setup": r.setup, "directory": _relative(r.directory, output)}
+                 for r in runs],
+        "setup_replicates": list(setup_replicates),
+        "setup_spread": {v.name: setup_spread(_setup_groups(runs, setup_replicates, v.name)) for v in variants},
+        "setup_method": SETUP_METHOD,
         "summary": summary, "run_spread": {v.name: _run_spread(runs, v.name) for v in variants},
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
@@ -253,7 +321,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
                          (r.kept_model or {}).get("iteration", ""),
                          r.error.splitlines()[-1] if r.error else ""])
     write_text(output / "results.csv", table.getvalue())
-    write_text(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds))
+    write_text(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds)
+               + "\n".join(_setup_markdown(variants, runs, setup_replicates, differences) + [""]))
     _plot_ap(output / "ap.png", variants, runs)
     _plot_losses(output / "loss_curves.png", variants, runs)
     return results

@@ -10,17 +10,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..best_checkpoint import BEST_WEIGHTS, read_best_record
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
 from ..fileio import atomic_write, write_json
+from ..provenance import INVOCATIONS_FILE
 from . import bootstrap, locks
 from .variants import Variant
 
-__all__ = ["Run", "plan_runs", "StudyRunner", "MARKER", "format_duration"]
+__all__ = ["Run", "plan_runs", "read_study", "run_setup", "StudyRunner", "MARKER", "format_duration"]
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
@@ -54,6 +55,13 @@ class Run:
         """The run's ``model_best.json`` (iteration and score of the model its results are of), or None
         when it kept only its last iteration (no ``train.best_metric``)."""
         return read_best_record(self.directory)
+
+    @property
+    def setup(self) -> Optional[Dict]:
+        """Where the run was trained: its training invocation's machine record and data fingerprints
+        (train_net.py's ``provenance.json``), else what its marker carries over from an imported study
+        (None when neither recorded it)."""
+        return run_setup(self.directory)
 
     def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
@@ -90,6 +98,41 @@ def measure_bootstrap(run: Run, gt_json: str) -> Dict:
     reported = run.metrics.get("AP", math.nan)
     summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - reported) < 1e-6)
     return summary
+
+
+def run_setup(directory: Path) -> Optional[Dict]:
+    """The setup of the run in ``directory`` (see :attr:`Run.setup`): the last training invocation's
+    ``{"date", "machine", "data"}``, or the marker's ``setup`` for a run imported from another study."""
+    try:
+        invocations = json.loads((directory / INVOCATIONS_FILE).read_text())["invocations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        invocations = []
+    trained = [i for i in invocations if not i.get("eval_only")]
+    if trained:
+        return {key: trained[-1].get(key) for key in ("date", "machine", "data")}
+    try:
+        return json.loads((directory / MARKER).read_text()).get("setup")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def read_study(results_file: Path, config_file: str) -> Tuple[Dict, Dict[Tuple[str, int], Dict], Dict[str, List[str]]]:
+    """An earlier study's ``results.json``: its content, its finished runs by (variant, seed), and each
+    variant's model overrides (:func:`_model_overrides`). Raises UserInputError naming the file when it
+    is not a study's results or was made with another config."""
+    try:
+        earlier = json.loads(Path(results_file).read_text())
+        records = {(r["variant"], r["seed"]): r for r in earlier["runs"] if r["status"] in ("done", "reused")}
+        earlier_variants = {v["name"]: Variant(v["name"], tuple(v["overrides"]), v["source"])
+                            for v in earlier["variants"]}
+        overrides = {name: _model_overrides(v, earlier_variants, earlier["common_overrides"])
+                     for name, v in earlier_variants.items()}
+        earlier_config = Path(earlier["config_file"]).name
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserInputError(f"{results_file}: not a study's results.json ({type(e).__name__}: {e})") from e
+    if earlier_config != Path(config_file).name:
+        raise UserInputError(f"{results_file}: its study used {earlier['config_file']}, not {config_file}")
+    return earlier, records, overrides
 
 
 def plan_runs(variants: Sequence[Variant], seeds: Sequence[int], output: Path) -> List[Run]:
@@ -190,18 +233,7 @@ class StudyRunner:
         read, not retrained. Its detections are not in results.json, so it adds nothing to the paired
         image bootstrap of differences (the report says over how many seeds that was measured).
         Returns the runs given a marker."""
-        try:
-            earlier = json.loads(Path(results_file).read_text())
-            records = {(r["variant"], r["seed"]): r for r in earlier["runs"] if r["status"] in ("done", "reused")}
-            earlier_variants = {v["name"]: Variant(v["name"], tuple(v["overrides"]), v["source"])
-                                for v in earlier["variants"]}
-            earlier_overrides = {name: _model_overrides(v, earlier_variants, earlier["common_overrides"])
-                                 for name, v in earlier_variants.items()}
-            earlier_config = Path(earlier["config_file"]).name
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserInputError(f"{results_file}: not a study's results.json ({type(e).__name__}: {e})") from e
-        if earlier_config != Path(self.config_file).name:
-            raise UserInputError(f"{results_file}: its study used {earlier['config_file']}, not {self.config_file}")
+        _, records, earlier_overrides = read_study(results_file, self.config_file)
         sources = {v.name: v for v in variants}
         imported = []
         for run in runs:
@@ -216,9 +248,35 @@ class StudyRunner:
                 continue
             write_json(marker, self._marker(run, self.overrides(run, sources), record["metrics"],
                                             record.get("bootstrap") or {}, record.get("seconds"),
-                                            imported_from=str(results_file)))
+                                            imported_from=str(results_file), setup=record.get("setup")))
             imported.append(run)
         return imported
+
+    def import_setup(self, runs: Sequence[Run], variants: Sequence[Variant], name: str,
+                     results_file: Path) -> List[Dict]:
+        """The runs of another study (``results_file``: the same config and variants, trained on another
+        setup: another processor or thread count) that replicate this study's planned runs: same variant,
+        seed and overrides. They do not count among this study's seeds; they measure how far a result
+        moves between setups (the report's setup part).
+
+        Returns:
+            one ``{"variant", "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run.
+        """
+        _, records, earlier_overrides = read_study(results_file, self.config_file)
+        sources = {v.name: v for v in variants}
+        replicates = []
+        for run in runs:
+            record = records.get((run.variant.name, run.seed))
+            if record is None or not run.variant.trained:
+                continue
+            theirs = earlier_overrides.get(run.variant.name)
+            ours = _model_overrides(run.variant, sources, self.common_overrides)
+            if theirs is None or _portable(theirs) != _portable(ours):
+                self.log(f"{run.label}: no replicate from {results_file}: its overrides there were {theirs}")
+                continue
+            replicates.append({"variant": run.variant.name, "seed": run.seed, "setup_name": name,
+                               "metrics": record["metrics"], "setup": record.get("setup"), "from": str(results_file)})
+        return replicates
 
     def _reuse(self, run: Run, overrides: List[str]) -> bool:
         marker = run.directory / MARKER
