@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..best_checkpoint import BEST_WEIGHTS, read_best_record
 from ..config import load_config
@@ -233,20 +233,12 @@ class StudyRunner:
         read, not retrained. Its detections are not in results.json, so it adds nothing to the paired
         image bootstrap of differences (the report says over how many seeds that was measured).
         Returns the runs given a marker."""
-        _, records, earlier_overrides = read_study(results_file, self.config_file)
-        sources = {v.name: v for v in variants}
         imported = []
-        for run in runs:
-            record = records.get((run.variant.name, run.seed))
+        for run, record in self._matching_runs(runs, variants, results_file, "not imported"):
             marker = run.directory / MARKER
-            if record is None or marker.is_file():
+            if marker.is_file():
                 continue
-            theirs = earlier_overrides.get(run.variant.name)
-            if theirs is None or _portable(theirs) != _portable(_model_overrides(run.variant, sources,
-                                                                                 self.common_overrides)):
-                self.log(f"{run.label}: not imported from {results_file}: its overrides there were {theirs}")
-                continue
-            write_json(marker, self._marker(run, self.overrides(run, sources), record["metrics"],
+            write_json(marker, self._marker(run, self.overrides(run, {v.name: v for v in variants}), record["metrics"],
                                             record.get("bootstrap") or {}, record.get("seconds"),
                                             imported_from=str(results_file), setup=record.get("setup")))
             imported.append(run)
@@ -262,21 +254,27 @@ class StudyRunner:
         Returns:
             one ``{"variant", "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run.
         """
+        return [{"variant": run.variant.name, "seed": run.seed, "setup_name": name, "metrics": record["metrics"],
+                 "setup": record.get("setup"), "from": str(results_file)}
+                for run, record in self._matching_runs(runs, variants, results_file, "no replicate")
+                if run.variant.trained]
+
+    def _matching_runs(self, runs: Sequence[Run], variants: Sequence[Variant], results_file: Path, skipped: str
+                       ) -> Iterator[Tuple[Run, Dict]]:
+        """(planned run, its finished record in ``results_file``) for every run made there with the same
+        variant, seed and model overrides; a run made there with other overrides is logged as ``skipped``."""
         _, records, earlier_overrides = read_study(results_file, self.config_file)
         sources = {v.name: v for v in variants}
-        replicates = []
         for run in runs:
             record = records.get((run.variant.name, run.seed))
-            if record is None or not run.variant.trained:
+            if record is None:
                 continue
             theirs = earlier_overrides.get(run.variant.name)
-            ours = _model_overrides(run.variant, sources, self.common_overrides)
-            if theirs is None or _portable(theirs) != _portable(ours):
-                self.log(f"{run.label}: no replicate from {results_file}: its overrides there were {theirs}")
+            if theirs is None or _portable(theirs) != _portable(_model_overrides(run.variant, sources,
+                                                                                 self.common_overrides)):
+                self.log(f"{run.label}: {skipped} from {results_file}: its overrides there were {theirs}")
                 continue
-            replicates.append({"variant": run.variant.name, "seed": run.seed, "setup_name": name,
-                               "metrics": record["metrics"], "setup": record.get("setup"), "from": str(results_file)})
-        return replicates
+            yield run, record
 
     def _reuse(self, run: Run, overrides: List[str]) -> bool:
         marker = run.directory / MARKER
