@@ -68,7 +68,7 @@ def _is_zero_padding_of_last_dim(node: torch._C.Node) -> bool:
 
 def true_last_dim(value: torch._C.Value) -> int:
     """Last dim of a traced tensor as the math sees it: when it was zero-padded on its last dim
-    (as :func:`dsanet.modeling.fused_attention` pads q and k from D to C on CPU), the dim before
+    (as :func:`benchmarks.attention_reference.sdpa_padded` pads q and k from D to C), the dim before
     the padding. Zero columns add nothing to Q K^T, so they are no work of the model's."""
     dim = get_shape(value)[-1]
     node = value.node()

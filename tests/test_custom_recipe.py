@@ -49,7 +49,7 @@ def train_on(dataset: Path, output: Path, *overrides: str) -> subprocess.Complet
     command = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(RECIPE),
                f"datasets.custom_train.json_file={json_file}", f"datasets.custom_train.image_root={dataset}",
                f"datasets.custom_val.json_file={json_file}", f"datasets.custom_val.image_root={dataset}",
-               # the README's size and anchor overrides, at values other than the recipe's defaults
+               # CUSTOM_DATA.md's size and anchor overrides, at values other than the recipe's defaults
                "dataloader.train.mapper.augmentations.0.short_edge_length=[160]",
                "dataloader.train.mapper.augmentations.0.max_size=256",
                "dataloader.test.mapper.augmentations.0.short_edge_length=160",

@@ -529,7 +529,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         import dsanet  # noqa: F401  (the detectron2 compatibility shims, before detectron2 is used)
     except ImportError as e:
-        print(f"gpu_check: {e}: install the project first (docs/GPU.md), or run with PYTHONPATH=projects/DSANet",
+        print(f"gpu_check: {e}: install the project first (projects/DSANet/docs/GPU.md), or run with PYTHONPATH=projects/DSANet",
               file=sys.stderr)
         return 2
     from dsanet.provenance import provenance

@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config-file", default=str(DEFAULT_CONFIG),
                         help="a detector config whose model.backbone.bottom_up is pretrained (default: the demo's)")
     parser.add_argument("--output-dir", default="output/pretrain_backbone")
-    # 3000 x 32 = 96k images, each drawn once: 40 min on one thread of a 2-core AMD EPYC (projects/DSANet/README.md).
+    # 3000 x 32 = 96k images, each drawn once (the command and its accuracy: projects/DSANet/docs/PRETRAINING.md).
     parser.add_argument("--max-iter", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.05, help="SGD lr (cosine to 2%%, 100 warm-up iterations)")

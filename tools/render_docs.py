@@ -342,6 +342,35 @@ def render_fp32_control(control: Dict[str, Any], stored: Dict[str, Any]) -> str:
     return table(["variant", "seed", "AP, trained again", "AP, kept study", "identical"], rows)
 
 
+def render_study_small_custom(study: Dict[str, Any]) -> str:
+    """One row per variant: AP per seed, mean ± std, the kept model's iteration and minutes per seed,
+    and the AP difference against ``old_recipe`` (paired t-interval; the total interval when decomposed)."""
+    against = {diff["variant"]: diff for diff in study["differences"] if diff["against"] == "old_recipe"}
+    rows = []
+    for variant in study["variants"]:
+        name = variant["name"]
+        runs = sorted((run for run in study["runs"] if run["variant"] == name and run.get("metrics")),
+                      key=lambda run: run["seed"])
+        ap = study["summary"][name]["AP"]
+        kept = ", ".join(str((run.get("kept_model") or {}).get("iteration") or "last") for run in runs)
+        minutes = ", ".join(num(run["seconds"] / 60, 0) if run.get("seconds") else "—" for run in runs)
+        diff = against.get(name)
+        if diff is None:
+            delta = "—"
+        elif diff["AP"]["n"] < 2:
+            delta = f"{signed(diff['AP']['mean'])} (1 seed)"
+        else:
+            delta = interval(diff["AP"])
+            dec = diff.get("decomposition")
+            if dec:
+                delta += f"; total [{dec['total_low']:.2f}, {dec['total_high']:.2f}]"
+        std = num(ap["std"], 2) if ap["n"] > 1 else "—"
+        rows.append([name, ", ".join(f"{run['metrics']['AP']:.2f}" for run in runs), f"{num(ap['mean'])} ± {std}",
+                     kept, minutes, delta])
+    return table(["variant", "AP per seed", "AP mean ± std", "iteration kept per seed", "minutes per run",
+                  "ΔAP vs old_recipe [95% CI]"], rows)
+
+
 class Table(NamedTuple):
     sources: Tuple[str, ...]
     render: Callable[..., str]
@@ -370,6 +399,7 @@ TABLES: Dict[str, Table] = {
                                  "study_benchmark/retinanet_dsanet_conf_3seeds/results.json"), render_fp32_control),
     "study_fcos": Table(("study_fcos/results.json",), render_study),
     "study_finetune": Table(("study_finetune/results.json",), render_study),
+    "study_small_custom": Table(("study_small_custom/results.json",), render_study_small_custom),
 }
 
 

@@ -1,7 +1,7 @@
 # DSANet-Conf sized for a CPU, on any COCO-format dataset given on the command line: the demo's
 # network (narrow ResNet-18 with BN, 64-channel FPN, trained from scratch) and optimizer, a schedule in
 # epochs of your training set, the best evaluated model kept (model_best.pth), scale jitter and flips,
-# with resizing and anchors that a few overrides adapt to your images (projects/DSANet/docs/SMALL_DATA_CPU.md).
+# with resizing and anchors that a few overrides adapt to your images (projects/DSANet/docs/CUSTOM_DATA.md#on-a-cpu).
 # From torchvision's ImageNet ResNet-18 weights: dsanet_conf_small_custom_cpu_imagenet.py.
 #
 #   train_net.py --config-file configs/Custom/dsanet_conf_small_custom_cpu.py \

@@ -4,7 +4,7 @@
 # on the seed, its split and its index). The recipe set as a user would set it for this data: images
 # resized to 96x96 (from 128x128, so that 2 seeds of both recipes fit an hour of a shared CPU; objects
 # of 12-48 pixels, so the smallest anchor is 12), jitter x0.75 to x1.25 in training, and up-down flips
-# on, as the shapes have no up and down. projects/DSANet/docs/SMALL_DATA_CPU.md has the study's command.
+# on, as the shapes have no up and down. projects/DSANet/docs/CUSTOM_DATA.md#on-a-cpu has the study's command.
 from ..Custom.dsanet_conf_small_custom_cpu import dataloader, lr_multiplier, model, optimizer, train
 
 dataloader.synthetic.num_train = 40

@@ -5,7 +5,8 @@ categories) would crash detectron2's loader half-way or, worse, give an object a
 raises one ``UserInputError`` naming the file, the record and the field. Broken values that leave
 the rest of the file usable (a box of zero, negative or non-finite size, a box entirely outside
 its image, an annotation of an image that does not exist) are dropped and counted, with the
-reason, in one warning. The policy table is in the project README ("Broken annotation files").
+reason, in one warning. The policy table is in projects/DSANet/docs/USING_MODELS.md ("Broken
+annotation files and images").
 """
 import json
 import logging

@@ -47,8 +47,8 @@ class DSANet(DSADenseDetectorMixin, RetinaNet):
             0 ranks by classification alone; 0.5 ranks like the product cls * conf, which is what
             the paper's Table 6 ("x" rows) describes. The authors' released inference code
             (chenzuge1/DSANet at 70ade58, ``AnchorHead._get_bboxes_single``) uses alpha = 0.7.
-            The default 0.4 is this project's own choice; see the README's study for how
-            0.4, 0.5 and 0.7 compare.
+            The default 0.4 is this project's own choice; projects/DSANet/docs/STUDIES.md
+            ("The study on the embedded benchmark") has how 0.4, 0.5 and 0.7 compare.
     """
 
     def __init__(self, *, conf_loss_weight: float = 1.0, score_fusion_alpha: float = 0.4, **kwargs):
