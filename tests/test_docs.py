@@ -87,12 +87,12 @@ def test_check_fails_naming_the_table_when_a_json_number_is_edited(docs_copy):
 
 
 def test_render_restores_an_edited_page(docs_copy):
-    page = docs_copy / "README.md"
+    page = docs_copy / "projects" / "DSANet" / "docs" / "STUDIES.md"
     page.write_text(page.read_text().replace("+1.46, +1.50, +1.50", "+1.46, +1.50, +1.99"))
     env = dict(os.environ, PYTHONPATH=str(REPO / "projects" / "DSANet"))
     tool = [sys.executable, str(REPO / "tools" / "render_docs.py"), "--root", str(docs_copy)]
     result = subprocess.run(tool + ["--check"], capture_output=True, text=True, env=env)
-    assert result.returncode == 1 and "README.md: table 'study_benchmark_3seeds'" in result.stdout
+    assert result.returncode == 1 and "STUDIES.md: table 'study_benchmark_3seeds'" in result.stdout
     subprocess.run(tool, check=True, capture_output=True, env=env)
     assert _check(docs_copy) == ""
     assert "+1.46, +1.50, +1.50" in page.read_text()

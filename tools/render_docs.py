@@ -371,6 +371,57 @@ def render_study_small_custom(study: Dict[str, Any]) -> str:
                   "ΔAP vs old_recipe [95% CI]"], rows)
 
 
+# ---------------------------------------------------------------- tables: how far a setup moves a result
+def _setup_text(setup: Optional[Dict[str, Any]]) -> str:
+    machine = (setup or {}).get("machine")
+    if not machine:
+        return "machine not recorded"
+    return f"{cpu_summary(machine['cpu'])}, {machine.get('torch_threads')} thread(s)"
+
+
+def render_study_setup(study: Dict[str, Any]) -> str:
+    """Seed 0 of each model on every setup, each result's spread between setups, and the headline
+    difference's interval with its setup part."""
+    rows = []
+    for run in study["runs"]:
+        replicas = [r for r in study.get("setup_replicates", [])
+                    if r["variant"] == run["variant"] and r["seed"] == run["seed"]]
+        if not replicas:
+            continue
+        rows.append([run["variant"], run["seed"], f"kept study: {_setup_text(run.get('setup'))}", num(run["metrics"]["AP"])])
+        rows += [[run["variant"], run["seed"], f"{r['setup_name']}: {_setup_text(r.get('setup'))}",
+                  num(r["metrics"]["AP"])] for r in replicas]
+    runs = table(["variant", "seed", "setup", "AP"], rows)
+    spreads = [[f"{name} AP", len(s["setups"]), num(s["max_shift"]), f"±{num(s['half'])}"]
+               for name, s in study["setup_spread"].items() if s]
+    spreads += [[f"{d['variant']} - {d['against']} ΔAP", len(d["setup"]["setups"]), num(d["setup"]["max_shift"]),
+                 f"±{num(d['setup']['half'])}"] for d in study["differences"] if d.get("setup")]
+    moved = table(["result", "setups", "largest shift", "setup part (95%)"], spreads)
+    parts = [[f"{d['variant']} - {d['against']}", d["AP"]["n"], signed(d["AP"]["mean"]),
+              f"±{num(d['decomposition']['training_half'])}", f"±{num(d['decomposition']['validation_half'])}",
+              f"±{num(d['decomposition']['setup_half'])}",
+              f"[{num(d['decomposition']['total_low'])}, {num(d['decomposition']['total_high'])}]"]
+             for d in study["differences"] if d.get("decomposition")]
+    interval_table = table(["difference", "seeds", "ΔAP", "seeds part", "validation part", "setup part",
+                            "total [95%]"], parts)
+    return runs + "\n\n" + moved + "\n\n" + interval_table
+
+
+def render_reproduction(study: Dict[str, Any]) -> str:
+    """The sentence a user reads before rerunning: how close their numbers should land."""
+    model = max((s for s in study["setup_spread"].values() if s), key=lambda s: s["half"])
+    [difference] = [d for d in study["differences"] if d.get("setup")]
+    dec = difference["decomposition"]
+    return (f"Rerunning a study gives the same digits on the same processor model with the same thread count "
+            f"(fp32; the bf16 study's fp32 control retrained a kept run to the same digits). On another processor or "
+            f"thread count, expect one model's AP within ±{num(model['half'], 1)} AP of the kept one and the "
+            f"{difference['variant']} - {difference['against']} difference within ±{num(difference['setup']['half'], 1)} "
+            f"AP (95%, measured from {len(difference['setup']['setups'])} setups of seed 0: the largest shifts were "
+            f"{num(model['max_shift'], 2)} and {num(difference['setup']['max_shift'], 2)} AP). With that setup part, the "
+            f"headline difference is {signed(difference['AP']['mean'])} AP, 95% interval "
+            f"[{num(dec['total_low'])}, {num(dec['total_high'])}].")
+
+
 class Table(NamedTuple):
     sources: Tuple[str, ...]
     render: Callable[..., str]
@@ -399,6 +450,8 @@ TABLES: Dict[str, Table] = {
                                  "study_benchmark/retinanet_dsanet_conf_3seeds/results.json"), render_fp32_control),
     "study_fcos": Table(("study_fcos/results.json",), render_study),
     "study_finetune": Table(("study_finetune/results.json",), render_study),
+    "study_setup": Table(("study_setup/results.json",), render_study_setup),
+    "reproduction": Table(("study_setup/results.json",), render_reproduction),
     "study_small_custom": Table(("study_small_custom/results.json",), render_study_small_custom),
 }
 

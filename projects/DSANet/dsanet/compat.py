@@ -23,7 +23,7 @@ __all__ = ["apply", "MissingCompiledOpError", "create_ddp_model", "has_compiled_
 FULL_BUILD_HINT = (
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
     "on a machine that reaches GitHub, with a C++ compiler (and nvcc for the CUDA ops); "
-    "see README.md, 'GPU users: the full detectron2 build'"
+    "see projects/DSANet/docs/GPU.md, 'The full detectron2 build'"
 )
 
 # detectron2 modules that run `from detectron2 import _C` at import time (none used by RetinaNet).
