@@ -124,3 +124,35 @@ def trained_demo(tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     images = sorted((cache / "synthetic_shapes").glob("*/val/*.jpg"))
     return SimpleNamespace(config=out / "config.yaml", weights=out / "model_final.pth", cache=cache, images=images)
+
+
+def head_outputs_with_one_branch(model, features, branch_gamma: str):
+    """The head's outputs with the DSA gammas of ``branch_gamma``'s branch ("cls", "reg" or "none") set
+    to 1 and the other's to 0: what that branch alone changes."""
+    with torch.no_grad():
+        for name, p in model.head.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0 if f".{branch_gamma}_branch." in name else 0.0)
+        return model.head(features)
+
+
+def assert_backbone_is_the_torchvision_resnet(model, fresh_state, converted_file, resnet):
+    """Every ``backbone.bottom_up`` weight came from ``converted_file`` (a converted torchvision ResNet),
+    nothing else moved from ``fresh_state``, and res5 computes what ``resnet`` computes."""
+    import pickle
+
+    with open(converted_file, "rb") as f:
+        converted = pickle.load(f)["model"]
+    prefix = "backbone.bottom_up."
+    assert {key[len(prefix):] for key in fresh_state if key.startswith(prefix)} == set(converted)
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix):
+            assert torch.equal(value, torch.from_numpy(converted[key[len(prefix):]])), key
+        else:
+            assert torch.equal(value, fresh_state[key]), key
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(
+            resnet.bn1(resnet.conv1(image))))))))
+        ours = model.backbone.bottom_up(image)["res5"]
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,8 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 
-from conftest import CONFIGS, DSA_VARIANTS, load_script, make_inputs, narrow_model_config, tiny_model
+from conftest import (CONFIGS, DSA_VARIANTS, head_outputs_with_one_branch, load_script, make_inputs,
+                      narrow_model_config, tiny_model)
 from dsanet.config import load_config
 from dsanet.modeling import DSAFCOS, DSAFCOSHead, DecoupledSelfAttention
 from test_model import assert_same_detections, assert_trains_a_step_and_infers, detections_of, losses_of
@@ -91,15 +92,6 @@ def test_dsa_starts_as_fcos_then_learns_gamma():
     assert all(g.item() != 0 for g in cls_gammas)
 
 
-def head_outputs(model, features, branch_gamma):
-    """The head's (logits, bbox_reg, ctrness) with one DSA branch's gammas set to 1, the other's to 0."""
-    with torch.no_grad():
-        for name, p in model.head.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(1.0 if f".{branch_gamma}_branch." in name else 0.0)
-        return model.head(features)
-
-
 @pytest.mark.parametrize("location", ["before", "after"])
 def test_the_cls_branch_reaches_only_the_logits_and_the_box_branch_box_and_centerness(location):
     """Before the towers the box branch feeds the box tower, which predicts box and centerness; after
@@ -107,9 +99,9 @@ def test_the_cls_branch_reaches_only_the_logits_and_the_box_branch_box_and_cente
     the classification logits."""
     model = tiny_fcos(dsa_location=location).eval()
     features = [f.detach() for f in model.backbone(torch.randn(1, 3, 64, 96)).values()]
-    baseline = head_outputs(model, features, branch_gamma="none")
+    baseline = head_outputs_with_one_branch(model, features, branch_gamma="none")
     for branch, changed in [("cls", {0}), ("reg", {1, 2})]:
-        outputs = head_outputs(model, features, branch_gamma=branch)
+        outputs = head_outputs_with_one_branch(model, features, branch_gamma=branch)
         for i, (x, y) in enumerate(zip(outputs, baseline)):
             same = all(torch.equal(a, b) for a, b in zip(x, y))
             assert same != (i in changed), (branch, ["logits", "bbox_reg", "ctrness"][i])

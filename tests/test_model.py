@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.events import EventStorage
 
-from conftest import DSA_VARIANTS, make_inputs, tiny_model
+from conftest import DSA_VARIANTS, head_outputs_with_one_branch, make_inputs, tiny_model
 from dsanet.modeling import DSABlock, DSANet, SelfAttention2d, SpatialAttention2d, fuse_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -313,15 +313,6 @@ def test_dsa_on_a_backbone_without_the_fpn_top_down_path_trains():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def dsa_head_outputs(model, features, branch_gamma):
-    """The head's outputs with one DSA branch's gammas set to 1, the other's to 0."""
-    with torch.no_grad():
-        for name, p in model.head.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(1.0 if f".{branch_gamma}_branch." in name else 0.0)
-        return model.head(features)
-
-
 @pytest.mark.parametrize("location", ["before", "after"])
 def test_the_cls_branch_reaches_only_class_and_confidence_logits_and_the_box_branch_only_deltas(location):
     """DSANet's decoupling (paper Fig. 1): the classification branch feeds the classification tower,
@@ -329,9 +320,9 @@ def test_the_cls_branch_reaches_only_class_and_confidence_logits_and_the_box_bra
     the deltas alone; before the towers or after them."""
     model = tiny_model(dsa_location=location, with_confidence=True).eval()
     features = [f.detach() for f in model.backbone(torch.randn(1, 3, 64, 96)).values()]
-    baseline = dsa_head_outputs(model, features, branch_gamma="none")
+    baseline = head_outputs_with_one_branch(model, features, branch_gamma="none")
     for branch, changed in [("cls", {0, 2}), ("reg", {1})]:
-        outputs = dsa_head_outputs(model, features, branch_gamma=branch)
+        outputs = head_outputs_with_one_branch(model, features, branch_gamma=branch)
         for i, (x, y) in enumerate(zip(outputs, baseline)):
             same = all(torch.equal(a, b) for a, b in zip(x, y))
             assert same != (i in changed), (branch, ["cls_logits", "box_deltas", "conf_logits"][i])

@@ -1,7 +1,6 @@
 """Backbone pretraining (tools/pretrain_backbone.py), the fine-tuning recipe that starts from it, the check
 that a checkpoint loads something, and torchvision ResNet weights converted for the GPU recipes."""
 import json
-import pickle
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
-from conftest import CONFIGS, load_script, tiny_model
+from conftest import CONFIGS, assert_backbone_is_the_torchvision_resnet, load_script, tiny_model
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.data.shapes import draw_synthetic_image
 from dsanet.engine import load_weights
@@ -169,21 +168,7 @@ def test_torchvision_resnet50_weights_start_the_r50_recipe(tmp_path):
     model = instantiate(cfg.model).eval()
     fresh = {key: value.clone() for key, value in model.state_dict().items()}
     load_weights(CheckedCheckpointer(model), str(output), resume=False)  # the project's loader: a .pkl without code
-    with open(output, "rb") as f:
-        converted = pickle.load(f)["model"]
-    prefix = "backbone.bottom_up."
-    assert {key[len(prefix):] for key in fresh if key.startswith(prefix)} == set(converted)
-    for key, value in model.state_dict().items():
-        if key.startswith(prefix):
-            assert torch.equal(value, torch.from_numpy(converted[key[len(prefix):]])), key
-        else:
-            assert torch.equal(value, fresh[key]), key
-    image = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        expected = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(
-            resnet.bn1(resnet.conv1(image))))))))
-        ours = model.backbone.bottom_up(image)["res5"]
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    assert_backbone_is_the_torchvision_resnet(model, fresh, output, resnet)
 
 
 def test_the_converter_refuses_what_is_not_a_torchvision_resnet(tmp_path):

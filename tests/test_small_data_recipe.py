@@ -4,7 +4,6 @@ torchvision's ImageNet ResNet-18 weights (a randomly initialised one here: nothi
 import json
 import math
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data.transforms import RandomFlip
 from detectron2.layers import FrozenBatchNorm2d
 
-from conftest import CONFIGS, load_script
+from conftest import CONFIGS, assert_backbone_is_the_torchvision_resnet, load_script
 from dsanet.best_checkpoint import BEST_RECORD, BEST_WEIGHTS, default_weights
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.config import load_config
@@ -197,21 +196,7 @@ def test_torchvision_resnet18_weights_load_into_every_backbone_weight_of_the_ima
     model = instantiate(cfg.model).eval()
     fresh = {key: value.clone() for key, value in model.state_dict().items()}
     load_weights(CheckedCheckpointer(model), str(output), resume=False)
-    with open(output, "rb") as f:
-        converted = pickle.load(f)["model"]
-    prefix = "backbone.bottom_up."
-    assert {key[len(prefix):] for key in fresh if key.startswith(prefix)} == set(converted)
-    for key, value in model.state_dict().items():
-        if key.startswith(prefix):
-            assert torch.equal(value, torch.from_numpy(converted[key[len(prefix):]])), key
-        else:
-            assert torch.equal(value, fresh[key]), key
-    image = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        expected = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(
-            resnet.bn1(resnet.conv1(image))))))))
-        ours = model.backbone.bottom_up(image)["res5"]
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    assert_backbone_is_the_torchvision_resnet(model, fresh, output, resnet)
 
     # what the weights need: RGB read and fed, torchvision's normalisation, frozen BN, stem and res2 frozen
     assert model.input_format == cfg.dataloader.train.mapper.image_format == "RGB"
