@@ -136,6 +136,30 @@ def head_outputs_with_one_branch(model, features, branch_gamma: str):
         return model.head(features)
 
 
+def converted_random_torchvision_resnet(depth: int, folder: Path):
+    """A randomly initialised torchvision ResNet-``depth`` (no download) with BN statistics that are not the
+    identity, so that misplaced ones show, converted by tools/convert_torchvision_resnet.py.
+
+    Returns:
+        (the torchvision model in eval mode, the converted ``R-<depth>-torchvision.pkl``, the converter module).
+    """
+    import torchvision
+
+    converter = load_script("tools/convert_torchvision_resnet.py")
+    torch.manual_seed(0)
+    resnet = getattr(torchvision.models, f"resnet{depth}")().eval()
+    for module in resnet.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    torch.save(resnet.state_dict(), folder / f"resnet{depth}.pth")
+    output = folder / f"R-{depth}-torchvision.pkl"
+    converter.main(converter.parse_args([str(folder / f"resnet{depth}.pth"), str(output)]))
+    return resnet, output, converter
+
+
 def assert_backbone_is_the_torchvision_resnet(model, fresh_state, converted_file, resnet):
     """Every ``backbone.bottom_up`` weight came from ``converted_file`` (a converted torchvision ResNet),
     nothing else moved from ``fresh_state``, and res5 computes what ``resnet`` computes."""

@@ -8,30 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-# What the wheel is built from (copied, so the build leaves nothing in the checkout).
-SOURCES = ["setup.py", "setup.cfg", "pyproject.toml", "README.md", "configs", "projects"]
 
 
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built from a copy of the sources and installed into a bare folder."""
+    """The project's wheel, built as the offline wheel folder builds it (from a copy of the sources, so the
+    build leaves nothing in the checkout) and installed into a bare folder."""
     work = tmp_path_factory.mktemp("wheel")
-    source = work / "source"
-    source.mkdir()
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(ROOT / name, source / name)
+    wheel = load_script("tools/make_wheelhouse.py").build_project_wheel(work / "dist", work)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(source)],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next((work / "dist").glob("dsanet-*.whl"))
     site = work / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    shutil.rmtree(source)  # nothing of the source tree is left to fall back on
+    shutil.rmtree(work / "dsanet-source")  # nothing of the source tree is left to fall back on
     return site
 
 

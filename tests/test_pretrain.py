@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
-from conftest import CONFIGS, assert_backbone_is_the_torchvision_resnet, load_script, tiny_model
+from conftest import (CONFIGS, assert_backbone_is_the_torchvision_resnet, converted_random_torchvision_resnet, load_script,
+                      tiny_model)
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.data.shapes import draw_synthetic_image
 from dsanet.engine import load_weights
@@ -150,18 +150,7 @@ def test_labels_say_which_shapes_the_image_holds():
 def test_torchvision_resnet50_weights_start_the_r50_recipe(tmp_path):
     """Every R-50 bottom-up weight comes from the converted file, and the loaded backbone computes what
     torchvision's ResNet-50 computes (with the overrides the converter prints)."""
-    converter = load_script("tools/convert_torchvision_resnet.py")
-    torch.manual_seed(0)
-    resnet = torchvision.models.resnet50().eval()  # random weights, no download
-    for module in resnet.modules():  # BN statistics that are not the identity, so that misplaced ones show
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    torch.save(resnet.state_dict(), tmp_path / "resnet50.pth")
-    output = tmp_path / "R-50-torchvision.pkl"
-    converter.main(converter.parse_args([str(tmp_path / "resnet50.pth"), str(output)]))
+    resnet, output, converter = converted_random_torchvision_resnet(50, tmp_path)
 
     cfg = LazyConfig.load(str(CONFIGS / "COCO-Detection" / "dsanet_conf_R_50_FPN_1x.py"))
     cfg = LazyConfig.apply_overrides(cfg, list(converter.TORCHVISION_OVERRIDES))

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data.transforms import RandomFlip
 from detectron2.layers import FrozenBatchNorm2d
 
-from conftest import CONFIGS, assert_backbone_is_the_torchvision_resnet, load_script
+from conftest import CONFIGS, assert_backbone_is_the_torchvision_resnet, converted_random_torchvision_resnet, load_script
 from dsanet.best_checkpoint import BEST_RECORD, BEST_WEIGHTS, default_weights
 from dsanet.checkpoint import CheckedCheckpointer
 from dsanet.config import load_config
@@ -178,18 +177,7 @@ def test_tools_say_so_in_their_help(script, capsys):
 def test_torchvision_resnet18_weights_load_into_every_backbone_weight_of_the_imagenet_recipe(tmp_path):
     """Convert a randomly initialised torchvision ResNet-18 and load it into the recipe's model: every
     bottom-up weight comes from the file and nothing else does, and the backbone computes torchvision's res5."""
-    converter = load_script("tools/convert_torchvision_resnet.py")
-    torch.manual_seed(0)
-    resnet = torchvision.models.resnet18().eval()  # random weights, no download
-    for module in resnet.modules():  # BN statistics that are not the identity, so that misplaced ones show
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
-    output = tmp_path / "R-18-torchvision.pkl"
-    converter.main(converter.parse_args([str(tmp_path / "resnet18.pth"), str(output)]))
+    resnet, output, _ = converted_random_torchvision_resnet(18, tmp_path)
 
     cfg = load_config(str(IMAGENET_RECIPE))
     assert cfg.train.init_checkpoint == "output/R-18-torchvision.pkl"  # where the documented command writes it
