@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -105,19 +104,16 @@ def environment() -> Dict[str, Any]:
     import detectron2
     import dsanet
     from dsanet import compat
+    from dsanet.provenance import gpu_record
 
-    record: Dict[str, Any] = {
+    gpu = gpu_record()  # name, memory, capability, count (None without CUDA)
+    return {
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "detectron2": detectron2.__version__, "detectron2_compiled_ops": compat.has_compiled_ops(),
-        "dsanet": dsanet.__version__, "python": sys.version.split()[0], "gpu": None, "driver": None,
+        "dsanet": dsanet.__version__, "python": sys.version.split()[0], "gpu": gpu,
+        "driver": _driver_version() if gpu else None,
     }
-    if torch.cuda.is_available():
-        properties = torch.cuda.get_device_properties(torch.cuda.current_device())
-        record["gpu"] = {"name": properties.name, "memory_gib": round(properties.total_memory / GIB, 1),
-                         "capability": f"{properties.major}.{properties.minor}", "count": torch.cuda.device_count()}
-        record["driver"] = _driver_version()
-    return record
 
 
 def _driver_version() -> Optional[str]:

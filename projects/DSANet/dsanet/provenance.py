@@ -109,7 +109,8 @@ def library_versions(names: Sequence[str] = LIBRARIES) -> Dict[str, Optional[str
 
 
 def gpu_record() -> Optional[Dict[str, Any]]:
-    """The CUDA device in use (name, memory, CUDA and cuDNN versions), or None without CUDA."""
+    """The CUDA device in use (name, memory, compute capability, count, CUDA and cuDNN versions), or None
+    without CUDA."""
     if not torch.cuda.is_available():
         return None
     index = torch.cuda.current_device()
@@ -117,6 +118,7 @@ def gpu_record() -> Optional[Dict[str, Any]]:
     return {
         "name": properties.name,
         "memory_gib": round(properties.total_memory / 2**30, 1),
+        "capability": f"{properties.major}.{properties.minor}",
         "count": torch.cuda.device_count(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
