@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "projects" / "DSANet"))
 
 from dsanet.provenance import CPU_FLAGS, cpu_summary  # noqa: E402
+from dsanet.study.report import setup_label  # noqa: E402
 
 RESULTS = "benchmarks/results"
 BLOCK = re.compile(r"(<!-- render: ([\w.-]+) -->\n)(.*?)(<!-- /render -->)", re.S)
@@ -372,13 +373,6 @@ def render_study_small_custom(study: Dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- tables: how far a setup moves a result
-def _setup_text(setup: Optional[Dict[str, Any]]) -> str:
-    machine = (setup or {}).get("machine")
-    if not machine:
-        return "machine not recorded"
-    return f"{cpu_summary(machine['cpu'])}, {machine.get('torch_threads')} thread(s)"
-
-
 def render_study_setup(study: Dict[str, Any]) -> str:
     """Seed 0 of each model on every setup, each result's spread between setups, and the headline
     difference's interval with its setup part."""
@@ -388,8 +382,8 @@ def render_study_setup(study: Dict[str, Any]) -> str:
                     if r["variant"] == run["variant"] and r["seed"] == run["seed"]]
         if not replicas:
             continue
-        rows.append([run["variant"], run["seed"], f"kept study: {_setup_text(run.get('setup'))}", num(run["metrics"]["AP"])])
-        rows += [[run["variant"], run["seed"], f"{r['setup_name']}: {_setup_text(r.get('setup'))}",
+        rows.append([run["variant"], run["seed"], f"kept study: {setup_label(run.get('setup'))}", num(run["metrics"]["AP"])])
+        rows += [[run["variant"], run["seed"], f"{r['setup_name']}: {setup_label(r.get('setup'))}",
                   num(r["metrics"]["AP"])] for r in replicas]
     runs = table(["variant", "seed", "setup", "AP"], rows)
     spreads = [[f"{name} AP", len(s["setups"]), num(s["max_shift"]), f"±{num(s['half'])}"]

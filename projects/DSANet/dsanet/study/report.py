@@ -218,7 +218,8 @@ def setup_label(setup: Optional[Dict]) -> str:
     machine = (setup or {}).get("machine")
     if not machine:
         return "machine not recorded"
-    return f"{cpu_summary(machine['cpu'])}, {machine.get('torch_threads')} threads"
+    threads = machine.get("torch_threads")
+    return f"{cpu_summary(machine['cpu'])}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def _setup_groups(runs: Sequence[Run], replicates: Sequence[Dict], name: str, metric: str = "AP"
