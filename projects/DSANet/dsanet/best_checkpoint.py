@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from detectron2.engine import hooks
 
 from .checkpoint import CheckedCheckpointer
-from .fileio import atomic_write
+from .fileio import write_json
 from .errors import UserInputError
 
 __all__ = ["BEST_WEIGHTS", "BEST_RECORD", "KeepBestModel", "read_best_record", "default_weights", "weights_for_tool",
@@ -82,8 +82,7 @@ class KeepBestModel(hooks.BestCheckpointer):
             self.best_iteration = iterations_trained
             record = {"iteration": iterations_trained, "metric": self._val_metric, "value": float(self.best_metric),
                       "mode": "max" if self._compare.__name__ == "gt" else "min", "file": BEST_WEIGHTS}
-            atomic_write(os.path.join(self._output_dir, BEST_RECORD),
-                         lambda f: f.write(json.dumps(record, indent=1).encode()))
+            write_json(os.path.join(self._output_dir, BEST_RECORD), record)
             logger.info("Best model so far: iteration %d, %s %.4f -> %s", iterations_trained, self._val_metric,
                         self.best_metric, os.path.join(self._output_dir, BEST_WEIGHTS))
 
