@@ -80,3 +80,20 @@ def test_a_module_run_with_dash_m_is_recorded_as_one():
                              f"'benchmarks.speed'); {code}"], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip() == "python -m benchmarks.speed --quick", result.stderr
+
+
+def test_code_version_is_the_checkout_commit_and_none_outside_git(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    from dsanet.provenance import code_version
+
+    package = Path(__file__).resolve().parents[1] / "projects" / "DSANet" / "dsanet"
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        import pytest
+        pytest.skip("the tests do not run from a git checkout")
+    record = code_version()
+    assert record["commit"] == head.stdout.strip() and isinstance(record["dirty"], bool)
+    assert provenance(command="x")["code"] == record
+    assert code_version(tmp_path) is None  # not a checkout: nothing is invented

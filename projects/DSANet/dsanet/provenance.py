@@ -154,12 +154,35 @@ def command_line(argv: Optional[Sequence[str]] = None) -> str:
     return shlex.join(["python", *argv])
 
 
+def code_version(directory: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """The git commit the code runs from: ``{"commit": sha, "dirty": bool}`` (dirty: tracked files differ
+    from that commit), or None outside a git checkout (an installed wheel).
+
+    ``directory`` defaults to this package's folder, so it is the project's commit whatever the cwd."""
+    directory = Path(directory) if directory is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            result = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if changed is None else bool(changed)}
+
+
 def provenance(command: Optional[str] = None) -> Dict[str, Any]:
-    """``{"command", "date", "machine"}`` for a results file: what made it, when, and where."""
+    """``{"command", "date", "machine", "code"}`` for a results file: what made it, when, where, and from
+    which commit (:func:`code_version`)."""
     return {
         "command": command if command is not None else command_line(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine_record(),
+        "code": code_version(),
     }
 
 

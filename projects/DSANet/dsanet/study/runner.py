@@ -102,14 +102,14 @@ def measure_bootstrap(run: Run, gt_json: str) -> Dict:
 
 def run_setup(directory: Path) -> Optional[Dict]:
     """The setup of the run in ``directory`` (see :attr:`Run.setup`): the last training invocation's
-    ``{"date", "machine", "data"}``, or the marker's ``setup`` for a run imported from another study."""
+    ``{"date", "machine", "data", "code"}``, or the marker's ``setup`` for a run imported from another study."""
     try:
         invocations = json.loads((directory / INVOCATIONS_FILE).read_text())["invocations"]
     except (OSError, ValueError, KeyError, TypeError):
         invocations = []
     trained = [i for i in invocations if not i.get("eval_only")]
     if trained:
-        return {key: trained[-1].get(key) for key in ("date", "machine", "data")}
+        return {key: trained[-1].get(key) for key in ("date", "machine", "data", "code")}
     try:
         return json.loads((directory / MARKER).read_text()).get("setup")
     except (OSError, ValueError, AttributeError):
