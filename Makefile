@@ -18,7 +18,7 @@ else
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup test demo bench study gpu-check clean-venv
+.PHONY: setup test demo bench study study-paper gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -59,6 +59,29 @@ study: setup
 	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
 	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
 	    --compare dsanet_conf:retinanet_conf --compare dsanet:retinanet_conf
+
+# The paper's design choices (its Tables 1-5) and full-resolution P3 on the embedded benchmark, each paired
+# with DSANet (no confidence, as in those tables) seed by seed; RetinaNet is the reference row. Resumable,
+# and shared by several invocations like `make study` (see projects/DSANet/docs/STUDIES.md).
+PAPER_STUDY_OUT := output/study_paper
+PAPER_STUDY_SEEDS ?= 2
+PAPER_STUDY_FLAGS ?=
+P3_HALF = p3:self_half_k{k},p4:self,p5:self,p6:self,p7:self
+study-paper: setup
+	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_study_cpu.py \
+	    --seeds $(PAPER_STUDY_SEEDS) --output $(PAPER_STUDY_OUT) $(PAPER_STUDY_FLAGS) \
+	    --variant 'dsanet: model.head.with_confidence=False' \
+	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
+	    --variant 'self_p3_p7_full_resolution: model.head.with_confidence=False model.head.dsa_levels=[p3,p4,p5,p6,p7]' \
+	    --variant 'p3_half_k1: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},1,$(P3_HALF))}' \
+	    --variant 'p3_half_k3: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},3,$(P3_HALF))}' \
+	    --variant 'cbam_p3_p7: model.head.with_confidence=False model.head.dsa_levels={p3:cbam,p4:cbam,p5:cbam,p6:cbam,p7:cbam}' \
+	    --variant 'shared_branch: model.head.with_confidence=False model.head.dsa_shared=True' \
+	    --variant 'after_towers: model.head.with_confidence=False model.head.dsa_location=after' \
+	    --variant 'gamma_fixed_1: model.head.with_confidence=False model.head.dsa_learn_gamma=False' \
+	    --variant 'dsanet_star_p3_half_k1: model.head.with_confidence=False model.backbone._target_=dsanet.modeling.FPNWithoutTopDown model.head.dsa_levels={$(subst {k},1,$(P3_HALF))}' \
+	    --variant 'authors_code_scale_init: model.head.with_confidence=False model.head.dsa_qk_scale=channels model.head.dsa_conv_init=xavier' \
+	    --compare self_p3_p7_full_resolution:retinanet
 
 # On a CUDA machine: does the project work there, and what does it cost (about 5 minutes; see
 # projects/DSANet/docs/GPU.md). Without CUDA it says so and fails.

@@ -166,3 +166,15 @@ def test_a_detectron2_model_zoo_style_pkl_initialises_dsanet(tmp_path):
     DetectionCheckpointer(model).load(str(path))
     for name, value in baseline.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_a_command_line_dict_of_levels_replaces_the_default_list():
+    """`model.head.dsa_levels={p3:self_half_k1,...}` on the command line gives P3 at half resolution
+    (detectron2's merging update alone refuses a dict over a list)."""
+    from dsanet.config import load_config
+
+    config = str(CONFIGS / "Demo" / "dsanet_conf_synthetic_cpu.py")
+    cfg = load_config(config, ["model.head.dsa_levels={p3:self_half_k1,p4:self,p5:self,p6:self,p7:self}"])
+    assert dict(cfg.model.head.dsa_levels) == P3_HALF
+    cfg = load_config(config, ["model.head.dsa_levels=[p3,p4]"])
+    assert list(cfg.model.head.dsa_levels) == ["p3", "p4"]

@@ -5,6 +5,7 @@ from typing import List
 import torch
 from detectron2.config import LazyConfig
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigTypeError
 
 from .errors import UserInputError
 
@@ -37,7 +38,23 @@ def load_config(config_file: str, overrides: List[str] = ()):
     cfg = LazyConfig.load(config_file)
     overrides = list(overrides)
     _check_override_keys(cfg, overrides, config_file)
-    return LazyConfig.apply_overrides(cfg, [o.lstrip("+") for o in overrides])
+    for override in overrides:
+        _apply_override(cfg, override.lstrip("+"))
+    return cfg
+
+
+def _apply_override(cfg, override: str) -> None:
+    """One ``key=value`` through detectron2's ``LazyConfig.apply_overrides``; a dict given for a list
+    (``model.head.dsa_levels={p3:self_half_k1,p4:self}`` over ``["p4", ...]``), or a list for a dict,
+    replaces the node, which detectron2's merging update refuses ("Cannot merge DictConfig with ListConfig")."""
+    try:
+        LazyConfig.apply_overrides(cfg, [override])
+    except ConfigTypeError:
+        key = override.partition("=")[0]
+        if not OmegaConf.is_config(OmegaConf.select(cfg, key, default=None)):
+            raise
+        OmegaConf.update(cfg, key, None, merge=False)
+        LazyConfig.apply_overrides(cfg, [override])
 
 
 def check_device(cfg) -> None:
