@@ -28,8 +28,8 @@ R101 = dict(R50_1X, depth=101)
 TWO_X = dict(max_iter=180000, milestones=[120000, 160000])
 P3_HALF = {"p3": "self_half_k1", **SELF_P4_P7}
 EXPECTED_VARIANTS = {
-    "COCO-Detection/retinanet_R_50_FPN_1x.py": dict(R50_1X, detector="RetinaNet", **NO_DSA),
-    "COCO-Detection/retinanet_R_101_FPN_1x.py": dict(R101, detector="RetinaNet", **NO_DSA),
+    "COCO-Detection/retinanet_R_50_FPN_1x.py": dict(R50_1X, detector="DSANet", **NO_DSA),
+    "COCO-Detection/retinanet_R_101_FPN_1x.py": dict(R101, detector="DSANet", **NO_DSA),
     "COCO-Detection/retinanet_conf_R_50_FPN_1x.py": dict(R50_1X, detector="DSANet", **NO_DSA, confidence=True),
     "COCO-Detection/retinanet_conf_R_101_FPN_1x.py": dict(R101, detector="DSANet", **NO_DSA, confidence=True),
     "COCO-Detection/dsanet_R_50_FPN_1x.py": dict(R50_1X, detector="DSANet", **DSA),

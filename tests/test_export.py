@@ -136,3 +136,36 @@ def test_a_part_a_format_cannot_run_is_named_in_one_line_and_the_others_run(trai
     line = report["failures"]["exported_program"]
     assert "\n" not in line and "(128, 128)" in line and "CBAM attention on p6, p7" in line
     assert report["parity"]["onnxruntime_dynamo"]["raw_max_abs"] <= 1e-4
+
+
+def test_the_retinanet_baseline_config_exports_and_a_foreign_detector_is_named(tmp_path):
+    """configs/COCO-Detection/retinanet_R_*.py (narrowed): its torch.export program gives eager's raw
+    outputs and, through the model's post-processing, eager's detections. detectron2's own RetinaNet
+    class, which says nothing of its outputs, is refused in one line that names the equivalent."""
+    from detectron2.modeling.meta_arch import RetinaNet
+
+    from conftest import make_inputs, tiny_model
+    from dsanet import export
+    from dsanet.errors import UserInputError
+
+    model = tiny_model("common/models/retinanet.py").eval()
+    model.test_score_thresh = 0.0
+    program = export.export_program(model, torch.zeros(3, 64, 64), str(tmp_path / "m.pt2"))
+    run = export.load_program(str(tmp_path / "m.pt2"))
+    image = make_inputs(with_gt=False)[1]["image"]  # (3, 80, 72): not the traced size
+    with torch.no_grad():
+        eager_raw = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
+        eager = model([{"image": image}])[0]["instances"]
+    flat = run(image)
+    assert len(program.graph_signature.user_outputs) == len(export.output_names(model)) == 3 * 5
+    assert export.max_abs_difference(eager_raw, flat) <= 1e-5
+    exported = export.postprocess(model, flat, tuple(image.shape[-2:]), tuple(image.shape[-2:]))
+    match = export.compare_detections(eager, exported)
+    assert match["count"] > 0 and match["unmatched"] == 0 and match["max_score_diff"] <= 1e-5
+
+    from detectron2.config import LazyConfig, instantiate
+
+    foreign = LazyConfig.load(str(ROOT / "configs" / "common" / "models" / "retinanet.py")).model
+    foreign._target_ = RetinaNet  # detectron2's class on the same network: no head_outputs
+    with pytest.raises(UserInputError, match="RetinaNet does not say what its head returns .*/retinanet_R_50_FPN_1x.py"):
+        export.output_names(instantiate(foreign))

@@ -38,7 +38,7 @@ def test_cpu_smoke_runs_every_step_and_writes_the_json(cache_dir, tmp_path):
     report = json.loads(output.read_text())
     assert report["smoke"] is True and report["settings"]["device"] == "cpu"
     assert {name: step["status"] for name, step in report["steps"].items()} == dict.fromkeys(STEPS, "ok")
-    assert set(report["provenance"]) == {"command", "date", "machine"}
+    assert set(report["provenance"]) == {"command", "date", "machine", "code"}
 
     env = report["environment"]
     assert env["torch"] == torch.__version__ and env["dsanet"] and env["detectron2"]

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.events import EventStorage
 
-from conftest import DSA_VARIANTS, head_outputs_with_one_branch, make_inputs, tiny_model
+from conftest import CONFIGS, DSA_VARIANTS, head_outputs_with_one_branch, make_inputs, narrow_model_config, tiny_model
 from dsanet.modeling import DSABlock, DSANet, SelfAttention2d, SpatialAttention2d, fuse_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -35,17 +35,33 @@ def assert_same_detections(a, b):
         assert torch.equal(x.pred_classes, y.pred_classes)
 
 
-def test_with_everything_off_it_is_retinanet():
-    baseline = tiny_model("common/models/retinanet.py")
-    model = tiny_model(dsa_levels=[], with_confidence=False)
-    assert isinstance(model, DSANet)
-    assert list(model.state_dict()) == list(baseline.state_dict())
-    model.load_state_dict(baseline.state_dict())
+def detectron2_retinanet(seed: int = 0):
+    """detectron2's own RetinaNet class on the baseline config's (narrowed) network."""
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.modeling.meta_arch import RetinaNet
+
+    model = narrow_model_config(LazyConfig.load(str(CONFIGS / "common/models/retinanet.py")).model)
+    model._target_ = RetinaNet
+    torch.manual_seed(seed)
+    return instantiate(model)
+
+
+@pytest.mark.parametrize("config, head", [("common/models/dsanet.py", dict(dsa_levels=[], with_confidence=False)),
+                                          ("common/models/retinanet.py", {})],
+                         ids=["dsanet_everything_off", "retinanet_baseline_config"])
+def test_with_everything_off_it_is_detectron2s_retinanet(config, head):
+    """DSANet with DSA and confidence off, and the RetinaNet baseline config (DSANet on detectron2's
+    RetinaNetHead), load detectron2 RetinaNet's weights and give its losses and detections exactly."""
+    reference = detectron2_retinanet()
+    model = tiny_model(config, seed=1, **head)
+    assert isinstance(model, DSANet) and type(reference).__name__ == "RetinaNet"
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict())
     inputs = make_inputs()
     model_losses = losses_of(model, inputs)
-    for name, value in losses_of(baseline, inputs).items():
+    for name, value in losses_of(reference, inputs).items():
         assert torch.equal(model_losses[name], value), name
-    assert_same_detections(detections_of(model, inputs), detections_of(baseline, inputs))
+    assert_same_detections(detections_of(model, inputs), detections_of(reference, inputs))
 
 
 def test_dsa_starts_as_identity_then_learns_gamma():

@@ -1,10 +1,9 @@
 # DSANet: RetinaNet with decoupled self-attention on P4-P7 before the head towers (paper Fig. 1).
 # With dsa_levels=[] and with_confidence=False this is exactly RetinaNet (same weights, outputs).
-from dsanet.modeling import DSANet, DSARetinaNetHead
+from dsanet.modeling import DSARetinaNetHead
 
 from .retinanet import model
 
-model._target_ = DSANet
 model.conf_loss_weight = 1.0
 model.score_fusion_alpha = 0.4  # cls^(1-a) * conf^a ranks boxes; used only with confidence
 

@@ -1,4 +1,8 @@
 # detectron2's RetinaNet R50-FPN, as in its model zoo: the baseline every DSANet config extends.
+# Its network is detectron2's (backbone, RetinaNetHead, anchors, matcher, losses); the detector class
+# is the project's DSANet, which with RetinaNetHead's two outputs computes what RetinaNet computes
+# (tests/test_model.py) and gives the baseline what every DSA detector has: the loss normaliser over
+# all processes, fp32 post-processing under autocast, and export (as DSAFCOS does for FCOS).
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -6,10 +10,10 @@ from detectron2.modeling.backbone import FPN, BasicStem, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from dsanet.modeling import DSANet
 
-model = L(RetinaNet)(
+model = L(DSANet)(
     backbone=L(FPN)(
         bottom_up=L(ResNet)(
             stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),

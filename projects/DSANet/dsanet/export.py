@@ -121,7 +121,8 @@ def _output_kinds(model: torch.nn.Module) -> Tuple[str, ...]:
         raise UserInputError(
             f"{type(model).__name__} does not say what its head returns (head_outputs) nor how those make "
             "scores (per_anchor_scores): export takes the project's detectors (dsanet.modeling's DSANet, DSAFCOS); "
-            "detectron2's RetinaNet is DSANet with model.head.dsa_levels=[] and model.head.with_confidence=False")
+            "for detectron2's RetinaNet network use configs/COCO-Detection/retinanet_R_50_FPN_1x.py (a DSANet on "
+            "detectron2's RetinaNetHead), which loads the same weights")
     return (*(name for name, _ in model.head_outputs), "scores")
 
 
