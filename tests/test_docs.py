@@ -379,3 +379,37 @@ def test_captions_state_command_machine_and_date():
     assert cpu_summary(machine["cpu"]) in line and f"{machine['torch_threads']} torch threads" in line
     assert "](results/x.json)" in line
     assert "machine not recorded" in render_docs.caption([("a.json", {})], REPO / "README.md", REPO)
+
+
+def _paper_study(differences: Dict[str, Tuple[float, float, float]]) -> dict:
+    """A study results dict with DSANet first and ``{variant: (mean, total_low, total_high)}`` over 2 seeds."""
+    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
+    names = ["dsanet", *paper["variants"]]
+    diffs = [{"variant": name, "against": "dsanet",
+              "AP": {"mean": m, "ci_low": low, "ci_high": high, "n": 2, "per_seed": {"0": m, "1": m}},
+              "decomposition": {"training_half": 0.1, "validation_half": 0.2, "total_half": (high - low) / 2,
+                                "total_low": low, "total_high": high, "needed": {"1.0": {"seeds": 2}}}}
+             for name, (m, low, high) in differences.items()]
+    return {"variants": [{"name": n} for n in names], "differences": diffs,
+            "runs": [{"variant": n, "seed": s, "metrics": {"AP": 1.0}, "seconds": 600.0} for n in names for s in (0, 1)]}
+
+
+def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule():
+    """Rows against the paper's signs, the full-resolution P3 sentence, and the defaults rule: a default
+    moves only for an interval entirely above 0, and never while a variant lacks two seeds."""
+    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
+    study = _paper_study({name: (-0.5, -0.9, -0.1) for name in paper["variants"]})
+    study["differences"][[d["variant"] for d in study["differences"]].index("shared_branch")]["AP"].update(
+        mean=0.8, ci_low=0.3, ci_high=1.3)
+    study["differences"][[d["variant"] for d in study["differences"]].index("shared_branch")]["decomposition"].update(
+        total_low=0.2, total_high=1.4)
+    text = render_docs.render_study_paper(study)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["shared_branch"].count("| no |") == 1  # paper -0.1, here above 0
+    assert rows["after_towers"].count("| yes |") == 1  # both below 0
+    assert "| no paper number |" in rows["authors_code_scale_init"]
+    assert "Does attending P3 at full resolution help here? No, it hurts" in text
+    assert "the interval lies entirely above 0 for shared_branch; the default moves to it" in text
+
+    study["differences"].pop()  # the last variant has no pair yet: the rule waits for it
+    assert "applied once every variant has two seeds" in render_docs.render_study_paper(study)

@@ -416,6 +416,126 @@ def render_reproduction(study: Dict[str, Any]) -> str:
             f"[{num(dec['total_low'])}, {num(dec['total_high'])}].")
 
 
+# ---------------------------------------------------------------- tables: the paper's design choices
+PAPER_TABLES = "benchmarks/paper_coco_ablations.json"  # the paper's COCO numbers, quoted as printed
+
+
+def _paper_difference(paper: Dict[str, Any], name: str) -> Tuple[str, Optional[float]]:
+    """(where in the paper, its COCO ΔAP x 100 against DSANet or None) for variant ``name``."""
+    row = paper["variants"][name]
+    if row.get("AP") is None:
+        return row["note"], None
+    return f"Table {row['table']}, {row['row']}", 100 * (row["AP"] - paper["baseline"]["AP"])
+
+
+def _paired_over_seeds(diff: Optional[Dict[str, Any]]) -> bool:
+    """Whether a difference record has its paired interval: two seeds or more of both variants."""
+    return bool(diff and diff.get("AP") and diff["AP"]["n"] >= 2)
+
+
+def _sign_verdict(paper_delta: Optional[float], low: float, high: float) -> str:
+    """Whether the embedded benchmark's interval agrees in sign with the paper's difference."""
+    here = 1 if low > 0 else -1 if high < 0 else 0
+    if paper_delta is None:
+        return "no paper number"
+    if here == 0:
+        return "undecided here (interval holds 0)"
+    return "yes" if here * paper_delta > 0 else "no"
+
+
+def _paper_study_rows(study: Dict[str, Any], paper: Dict[str, Any]):
+    """Per variant in the study's order (the baseline aside): (name, paper place, paper Δ, difference
+    record against the baseline or None, minutes per run)."""
+    baseline = study["variants"][0]["name"]
+    against = {d["variant"]: d for d in study["differences"] if d["against"] == baseline}
+    for variant in study["variants"][1:]:
+        name = variant["name"]
+        place, delta = _paper_difference(paper, name)
+        yield name, place, delta, against.get(name), _minutes(study, name)
+
+
+def _minutes(study: Dict[str, Any], name: str) -> Optional[float]:
+    """Mean minutes per finished run of variant ``name`` (training and evaluation, as the study timed it)."""
+    seconds = [run["seconds"] for run in study["runs"] if run["variant"] == name and run.get("metrics") and run.get("seconds")]
+    return sum(seconds) / len(seconds) / 60 if seconds else None
+
+
+def render_study_paper(study: Dict[str, Any]) -> str:
+    """Each design choice of the paper's Tables 1-5 (and full-resolution P3): the paper's COCO ΔAP
+    against DSANet beside this study's ΔAP with its interval (seeds part, validation part, total),
+    whether the signs agree, what a run costs, and one sentence per choice."""
+    paper = json.loads((REPO / PAPER_TABLES).read_text())
+    baseline = study["variants"][0]["name"]
+    base_minutes = _minutes(study, baseline)
+    rows, sentences, wide = [], [], []
+    for name, place, paper_delta, diff, minutes in _paper_study_rows(study, paper):
+        cost = "—" if minutes is None else f"{minutes:.0f}" + (f" ({minutes / base_minutes:.2f}x)" if base_minutes else "")
+        paper_cell = "—" if paper_delta is None else signed(paper_delta, 1)
+        if not _paired_over_seeds(diff):  # no finished pair yet, or one seed
+            seeds = f"{signed(diff['AP']['mean'])} (1 seed)" if (diff or {}).get("AP") else ""
+            rows.append([name, place, paper_cell, seeds or "pending", "—", "—", "—", "—", cost])
+            continue
+        ap, dec = diff["AP"], diff.get("decomposition") or {}
+        low, high = (dec["total_low"], dec["total_high"]) if dec else (ap["ci_low"], ap["ci_high"])
+        half = dec.get("total_half", (ap["ci_high"] - ap["ci_low"]) / 2)
+        parts = (f"±{num(dec['training_half'])} / ±{num(dec['validation_half'])}"
+                 + (f" / ±{num(dec['setup_half'])}" if dec.get("setup_half") else "")) if dec else "—"
+        verdict = _sign_verdict(paper_delta, low, high)
+        per_seed = ", ".join(signed(ap["per_seed"][k]) for k in sorted(ap["per_seed"], key=int))
+        rows.append([name, place, paper_cell, f"{signed(ap['mean'])} ({per_seed})", parts,
+                     f"[{num(low)}, {num(high)}]", verdict,
+                     str(dec["needed"]["1.0"]["seeds"]) if dec else "—", cost])
+        if half > 1.0:
+            wide.append(f"{name} (±{num(half)}; the tool estimates {dec['needed']['1.0']['seeds']} seeds for ±1.0)"
+                        if dec else f"{name} (±{num(half)})")
+        sentences.append(_paper_sentence(name, baseline, place, paper_delta, ap["mean"], low, high, ap["n"]))
+    paper_baseline = f"{paper['baseline']['row']}, Table {paper['baseline']['table']}"
+    header = ["variant", "paper row", f"paper ΔAP (COCO, vs {paper_baseline})", f"ΔAP vs {baseline} here (per seed)",
+              "± seeds / validation [/ setup] part", "total [95%]", "same sign as the paper",
+              "seeds for ±1.0", f"minutes per run (x {baseline})"]
+    text = table(header, rows)
+    if sentences:
+        text += "\n\n" + "\n".join(f"- {sentence}" for sentence in sentences)
+    if wide:
+        text += "\n\nWider than ±1.0 AP on a side: " + "; ".join(wide) + "."
+    return text + "\n\n" + _paper_defaults(study, baseline)
+
+
+def _paper_sentence(name: str, baseline: str, place: str, paper_delta: Optional[float], mean: float,
+                    low: float, high: float, seeds: int) -> str:
+    """One plain sentence on what a row shows."""
+    if low > 0:
+        here = f"{name} is better than {baseline} on the embedded benchmark"
+    elif high < 0:
+        here = f"{name} is worse than {baseline} on the embedded benchmark"
+    else:
+        here = f"the embedded benchmark does not tell {name} from {baseline}"
+    measured = f"({signed(mean)} AP, 95% interval [{num(low)}, {num(high)}], {seeds} seeds)"
+    if name == "self_p3_p7_full_resolution":
+        answer = "yes" if low > 0 else "no, it hurts" if high < 0 else "not measurably"
+        return f"Does attending P3 at full resolution help here? {answer.capitalize()}: {here} {measured}."
+    theirs = "; the paper does not report it" if paper_delta is None else \
+        f"; the paper's COCO difference is {signed(paper_delta, 1)} AP ({place})"
+    return f"{here[0].upper() + here[1:]} {measured}{theirs}."
+
+
+def _paper_defaults(study: Dict[str, Any], baseline: str) -> str:
+    """The defaults rule (STUDIES.md): a default changes only where the alternative's paired 95% interval
+    against the current default lies entirely above 0 (here the total interval too). RetinaNet is the
+    reference row, not an alternative; the rule waits until every variant has two seeds."""
+    against = {d["variant"]: d for d in study["differences"] if d["against"] == baseline}
+    pending = [v["name"] for v in study["variants"][1:] if not _paired_over_seeds(against.get(v["name"]))]
+    if pending:
+        return ("**The defaults, by the rule:** applied once every variant has two seeds; still without them: "
+                + ", ".join(pending) + ".")
+    above = [name for name, d in against.items() if name != "retinanet" and d["AP"]["ci_low"] > 0
+             and (d.get("decomposition") or {}).get("total_low", d["AP"]["ci_low"]) > 0]
+    if not above:
+        return "**The defaults, by the rule:** none changes (no alternative's interval lies entirely above 0)."
+    return ("**The defaults, by the rule:** the interval lies entirely above 0 for " + ", ".join(above)
+            + "; the default moves to it.")
+
+
 class Table(NamedTuple):
     sources: Tuple[str, ...]
     render: Callable[..., str]
@@ -447,6 +567,7 @@ TABLES: Dict[str, Table] = {
     "study_setup": Table(("study_setup/results.json",), render_study_setup),
     "reproduction": Table(("study_setup/results.json",), render_reproduction),
     "study_small_custom": Table(("study_small_custom/results.json",), render_study_small_custom),
+    "study_paper": Table(("study_paper/results.json",), render_study_paper),
 }
 
 
