@@ -45,10 +45,7 @@ def _json_safe(value):
 
 def _relative(path: Path, output: Path) -> str:
     """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
-    try:
-        return str(path.relative_to(output))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(output) if path.is_relative_to(output) else path)
 
 
 def _per_seed(runs: Sequence[Run], name: str) -> Dict[int, Dict[str, float]]:
@@ -61,11 +58,8 @@ def _fmt(x: float, digits: int = 1) -> str:
 
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> List[str]:
     """A markdown table's lines: the header, its rule, then one line per row of cells."""
-    return [_row(header), "|" + "---|" * len(header), *(_row(cells) for cells in rows)]
-
-
-def _row(cells: Sequence) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    lines = ["| " + " | ".join(str(cell) for cell in cells) + " |" for cells in [header, *rows]]
+    return [lines[0], "|" + "---|" * len(header), *lines[1:]]
 
 
 def _loss_curve(run: Run) -> Tuple[List[int], List[float]]:
@@ -124,7 +118,8 @@ def _run_spread(runs: Sequence[Run], name: str) -> Dict:
 
 def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]:
     noise = ([v.name, run_spread[v.name]["num_images"], _fmt(summary[v.name]["AP"]["std"], 2),
-              *(_fmt(run_spread[v.name][m], 2) for m in BOOTSTRAP_METRICS)] for v in variants if run_spread[v.name]["n"])
+              *(_fmt(run_spread[v.name][m], 2) for m in BOOTSTRAP_METRICS)]
+             for v in variants if run_spread[v.name]["n"])
     rows = []
     for d in differences:
         parts = d.get("decomposition")
