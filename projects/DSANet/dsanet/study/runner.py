@@ -17,7 +17,7 @@ from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
 from ..fileio import atomic_write, write_json
-from ..provenance import INVOCATIONS_FILE
+from ..provenance import read_invocations
 from . import bootstrap, locks
 from .variants import Variant
 
@@ -61,11 +61,7 @@ class Run:
         """Where the run was trained: its last training invocation's ``{"date", "machine", "data", "code"}``
         (train_net.py's ``provenance.json``), else its marker's ``setup`` carried over from an imported
         study (None when neither recorded it)."""
-        try:
-            invocations = json.loads((self.directory / INVOCATIONS_FILE).read_text())["invocations"]
-        except (OSError, ValueError, KeyError, TypeError):
-            invocations = []
-        trained = [i for i in invocations if not i.get("eval_only")]
+        trained = [i for i in read_invocations(self.directory) if not i.get("eval_only")]
         if trained:
             return {key: trained[-1].get(key) for key in ("date", "machine", "data", "code")}
         try:
