@@ -15,11 +15,9 @@ replicate's metrics, so a report pairs runs without matching again).
 """
 import contextlib
 import io
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -226,8 +224,3 @@ def paired_bootstrap(variant: Mapping[int, Replicated], baseline: Mapping[int, R
         result[m] = {"mean": {"value": float(np.mean([p["value"] for p in per_seed.values()])),
                               **_spread(mean_replicates)}, "per_seed": per_seed}
     return result
-
-
-def load_detections(path: Path) -> List[dict]:
-    with open(path) as f:
-        return json.load(f)

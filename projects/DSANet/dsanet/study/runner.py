@@ -275,7 +275,7 @@ class StudyRunner:
             self.log(f"{run.label}: no bootstrap, its ground truth is not found: {e}")
             return
         if gt_json:
-            table = bootstrap.match_detections(gt_json, bootstrap.load_detections(inference / DETECTIONS))
+            table = bootstrap.match_detections(gt_json, json.loads((inference / DETECTIONS).read_text()))
             summary, replicated = bootstrap.bootstrap_metrics(table)
             atomic_write(inference / REPLICATES_FILE, lambda f: np.savez(f, **replicated))
             summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - run.metrics.get("AP", math.nan)) < 1e-6)

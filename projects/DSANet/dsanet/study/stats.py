@@ -1,8 +1,6 @@
-"""Statistics over seeds: mean and sample std per metric, and the paired t-interval of a difference.
-
-Paired: variant and baseline share each seed (same data order, same schedule), so the interval is
-built on the per-seed differences d_s = x_s - b_s: mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n).
-"""
+"""Statistics over seeds and setups: mean and sample std per metric, the paired t-interval of a
+difference (variant and baseline share each seed: same data order, same schedule), that interval split
+into its training, validation and setup parts, and how far a result moves between setups."""
 import math
 from typing import Dict, Optional, Sequence
 
