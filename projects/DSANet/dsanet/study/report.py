@@ -48,10 +48,6 @@ def _relative(path: Path, output: Path) -> str:
     return str(path.relative_to(output) if path.is_relative_to(output) else path)
 
 
-def _per_seed(runs: Sequence[Run], name: str) -> Dict[int, Dict[str, float]]:
-    return {r.seed: r.metrics for r in runs if r.variant.name == name and r.ok}
-
-
 def _fmt(x: float, digits: int = 1) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -109,9 +105,9 @@ def _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_
     return lines
 
 
-def _run_spread(runs: Sequence[Run], name: str) -> Dict:
-    """A variant's one-run bootstrap std of each metric, averaged over its seeds, and its images."""
-    measured = [r.bootstrap for r in runs if r.variant.name == name and r.ok and r.bootstrap]
+def _run_spread(finished: Sequence[Run]) -> Dict:
+    """A variant's one-run bootstrap std of each metric, averaged over its finished runs, and its images."""
+    measured = [r.bootstrap for r in finished if r.bootstrap]
     return {"n": len(measured), "num_images": measured[0]["num_images"] if measured else None,
             **{m: mean_std([b[m]["std"] for b in measured])["mean"] for m in BOOTSTRAP_METRICS}}
 
@@ -143,11 +139,11 @@ def _over_fewer_seeds(difference: Dict) -> str:
     return f" (seeds: {k} of {n})" if k is not None and k != n else ""
 
 
-def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, float], Dict]]:
-    """seed -> (metrics, bootstrap replicates) of a variant's runs that have them."""
+def _replicated(finished: Sequence[Run]) -> Dict[int, Tuple[Dict[str, float], Dict]]:
+    """seed -> (metrics, bootstrap replicates) of a variant's finished runs that have them."""
     out = {}
-    for r in runs:
-        if r.variant.name == name and r.ok and r.bootstrap:
+    for r in finished:
+        if r.bootstrap:
             replicates = r.replicates()
             if replicates is not None:
                 out[r.seed] = ({m: r.bootstrap[m]["value"] for m in BOOTSTRAP_METRICS}, replicates)
@@ -173,31 +169,31 @@ def _figure(path: Path, figsize: Tuple[float, float]) -> Iterator[tuple]:
         plt.close(fig)
 
 
-def _plot_ap(path: Path, variants, runs) -> None:
-    seeds = sorted({r.seed for r in runs})
+def _plot_ap(path: Path, per_seed: Dict[str, Dict[int, Dict[str, float]]], seeds: List[int]) -> None:
+    """Each variant's AP per seed (``per_seed``: variant -> seed -> metrics) and its mean."""
     labelled = set()  # each legend entry once
-    with _figure(path, (1.6 + 1.3 * len(variants), 4)) as (ax, colors):
-        for x, v in enumerate(variants):
-            per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
-            for s, ap in per_seed.items():
+    with _figure(path, (1.6 + 1.3 * len(per_seed), 4)) as (ax, colors):
+        for x, metrics in enumerate(per_seed.values()):
+            aps = {s: m["AP"] for s, m in metrics.items() if not math.isnan(m.get("AP", math.nan))}
+            for s, ap in aps.items():
                 label = f"seed {s}"
                 ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
                            s=22, zorder=3, label=None if label in labelled else label)
                 labelled.add(label)
-            if per_seed:
-                ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2,
+            if aps:
+                ax.hlines(sum(aps.values()) / len(aps), x - 0.3, x + 0.3, color="black", linewidth=2,
                           zorder=2, label=None if "mean" in labelled else "mean")
                 labelled.add("mean")
-        ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
+        ax.set_xticks(range(len(per_seed)), list(per_seed), rotation=20, ha="right")
         ax.set_ylabel("COCO AP")
         ax.set_title("AP per variant (points: seeds, bar: mean)")
         ax.grid(axis="y", alpha=0.3)
 
 
-def _plot_losses(path: Path, variants, runs) -> None:
+def _plot_losses(path: Path, variants, finished: Dict[str, List[Run]]) -> None:
     with _figure(path, (7, 4)) as (ax, colors):
         for i, v in enumerate(x for x in variants if x.trained):  # evaluation-only variants share their source's
-            for j, run in enumerate(r for r in runs if r.variant.name == v.name and r.ok):
+            for j, run in enumerate(finished[v.name]):
                 its, losses = _loss_curve(run)
                 if its:
                     ax.plot(its, losses, color=colors(i % 10), linewidth=1, alpha=0.7, label=v.name if j == 0 else None)
@@ -250,11 +246,11 @@ def _setup_markdown(runs, replicates, spreads: Dict[str, Optional[Dict]], differ
                 for label, s in moved))]
 
 
-def _differences(variants, runs, per_seed, setup_groups, run_spread, extra_comparisons, imported_differences
+def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons, imported_differences
                  ) -> List[Dict]:
     """Each compared pair's paired t-intervals, paired image bootstrap, setup spread and the AP interval
     split into those parts (see :func:`write_report`)."""
-    replicated = {v.name: _replicated(runs, v.name) for v in variants}
+    replicated = {name: _replicated(done) for name, done in finished.items()}
     differences = []
     for name, against in comparisons_for(variants, extra_comparisons):
         a, b = per_seed[name], per_seed[against]
@@ -292,11 +288,12 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     Returns:
         the content of results.json.
     """
-    per_seed = {v.name: _per_seed(runs, v.name) for v in variants}
+    finished = {v.name: [r for r in runs if r.variant.name == v.name and r.ok] for v in variants}
+    per_seed = {name: {r.seed: r.metrics for r in done} for name, done in finished.items()}
     summary = {name: summarize(by_seed, metrics) for name, by_seed in per_seed.items()}
-    run_spread = {v.name: _run_spread(runs, v.name) for v in variants}
+    run_spread = {name: _run_spread(done) for name, done in finished.items()}
     setup_groups = {name: _setup_groups(by_seed, setup_replicates, name) for name, by_seed in per_seed.items()}
-    differences = _differences(variants, runs, per_seed, setup_groups, run_spread, extra_comparisons,
+    differences = _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons,
                                imported_differences)
     results = {
         "provenance": provenance,
@@ -327,6 +324,6 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     write_text(output / "summary.md", "\n".join(
         _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread)
         + _setup_markdown(runs, setup_replicates, results["setup_spread"], differences)) + "\n")
-    _plot_ap(output / "ap.png", variants, runs)
-    _plot_losses(output / "loss_curves.png", variants, runs)
+    _plot_ap(output / "ap.png", per_seed, sorted({r.seed for r in runs}))
+    _plot_losses(output / "loss_curves.png", variants, finished)
     return results
