@@ -120,9 +120,10 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
     for d in differences:
         parts = d.get("decomposition")
         if parts:
-            need = parts["needed"]
-            rows.append([d["variant"], d["against"], d["AP"]["n"], _fmt(d["AP"]["mean"], 2), _fmt(parts["seed_sd"], 2),
-                         _fmt(parts["training_half"], 2), _fmt(parts["validation_half"], 2) + _over_fewer_seeds(d),
+            need, n, k = parts["needed"], d["AP"]["n"], parts.get("validation_seeds")
+            fewer = f" (seeds: {k} of {n})" if k is not None and k != n else ""  # the validation part's seeds
+            rows.append([d["variant"], d["against"], n, _fmt(d["AP"]["mean"], 2), _fmt(parts["seed_sd"], 2),
+                         _fmt(parts["training_half"], 2), _fmt(parts["validation_half"], 2) + fewer,
                          f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}]",
                          need["1.0"]["seeds"] or "out of reach", need["0.5"]["seeds"] or "out of reach",
                          f"{need['0.5']['images']} ({need['0.5']['seeds_with_more_images']})"])
@@ -131,12 +132,6 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
             "", f"The AP difference's interval, split into training and validation parts. {DECOMPOSITION_METHOD}.", "",
             *_table(["variant", "against", "n", "ΔAP", "seed sd", "training ±", "validation ±", "total [95%]",
                      "seeds for ±1.0", "seeds for ±0.5", "images for ±0.5 (then seeds)"], rows)]
-
-
-def _over_fewer_seeds(difference: Dict) -> str:
-    """' (seeds: 2 of 4)' when the validation part was measured over fewer seeds than the training part."""
-    k, n = difference["decomposition"].get("validation_seeds"), difference["AP"]["n"]
-    return f" (seeds: {k} of {n})" if k is not None and k != n else ""
 
 
 def _replicated(finished: Sequence[Run]) -> Dict[int, Tuple[Dict[str, float], Dict]]:

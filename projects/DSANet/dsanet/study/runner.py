@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..best_checkpoint import BEST_WEIGHTS, read_best_record
 from ..config import load_config
 from ..errors import UserInputError
@@ -69,9 +71,8 @@ class Run:
         except (OSError, ValueError, AttributeError):
             return None
 
-    def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
+    def replicates(self) -> Optional[Dict[str, np.ndarray]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
-        import numpy as np
         path = self.directory / "inference" / REPLICATES_FILE
         if not path.is_file():
             return None
@@ -264,7 +265,6 @@ class StudyRunner:
         ``matches_evaluator``: whether the AP recomputed from them is the evaluator's, else the ground
         truths differ) and save the replicates beside them; a run without detections or ground truth
         has none (logged)."""
-        import numpy as np
         inference = run.directory / "inference"
         if not (inference / DETECTIONS).is_file():
             self.log(f"{run.label}: no {DETECTIONS} in {inference}: no bootstrap")
