@@ -15,7 +15,7 @@ from pathlib import Path
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.fileio import write_json
 from dsanet.provenance import provenance
-from dsanet.study.bootstrap import bootstrap_metrics, load_detections, match_detections
+from dsanet.study.bootstrap import bootstrap_metrics, match_detections
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     gt = json.loads(Path(args.ground_truth).read_text())
     if max(sizes) > len(gt["images"]):
         raise UserInputError(f"--sizes {args.sizes}: {args.ground_truth} holds only {len(gt['images'])} images")
-    detections = load_detections(Path(args.detections))
+    detections = json.loads(Path(args.detections).read_text())
     rows = []
     print("images\tAP\tstd\tAP50\tstd\tAP75\tstd\tseconds", flush=True)
     with tempfile.TemporaryDirectory() as folder:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -189,14 +189,17 @@ def provenance(command: Optional[str] = None) -> Dict[str, Any]:
 INVOCATIONS_FILE = "provenance.json"
 
 
+def read_invocations(output_dir: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The invocations recorded in ``<output_dir>/provenance.json``, oldest first; [] when none are."""
+    try:
+        return json.loads((Path(output_dir) / INVOCATIONS_FILE).read_text())["invocations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def record_invocation(output_dir: str, **extra: Any) -> Path:
     """Append this process's :func:`provenance` (plus ``extra``, e.g. the world size) to
     ``<output_dir>/provenance.json`` (``{"invocations": [...]}``): a run resumed on another machine
     or with another thread count keeps the record of each part."""
-    path = Path(output_dir) / INVOCATIONS_FILE
-    try:
-        invocations = json.loads(path.read_text())["invocations"]
-    except (OSError, ValueError, KeyError, TypeError):
-        invocations = []
-    invocations.append({**provenance(), **extra})
-    return write_json(path, {"invocations": invocations})
+    invocations = read_invocations(output_dir) + [{**provenance(), **extra}]
+    return write_json(Path(output_dir) / INVOCATIONS_FILE, {"invocations": invocations})

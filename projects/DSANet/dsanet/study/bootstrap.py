@@ -2,15 +2,12 @@
 the paired bootstrap of a difference between runs evaluated on the same images.
 
 Method. pycocotools' ``COCOeval.evaluate`` matches every detection to the ground truth once (area
-"all", 100 detections per image, as AP, AP50 and AP75 use). A bootstrap replicate draws the
-validation images with replacement; an image drawn k times counts k times. COCOeval's
-``accumulate`` cannot take repeated images and takes seconds per call on thousands of images, so
-:func:`average_precision` does its accumulation with per-image weights, vectorised over replicates:
-the same cumulative true and false positives, precision envelope and 101 recall points, and the
-same AP as COCOeval to float precision, with every weight 1 and with an image repeated (tests check
-both). All runs on one image set
-share the replicates' draws (one fixed seed), so a difference between two runs is paired: both are
-evaluated on the same resampled images.
+"all", 100 detections per image, as AP, AP50 and AP75 use). A replicate draws the validation images
+with replacement; an image drawn k times counts k times. COCOeval's ``accumulate`` cannot take
+repeated images (and takes seconds per call), so :func:`average_precision` accumulates with per-image
+weights, vectorised over replicates: the same AP as COCOeval to float precision (tests check it with
+every weight 1 and with an image repeated). All runs on one image set share the draws (one fixed
+seed), so a difference between two runs is paired: both are evaluated on the same resampled images.
 
 What is kept per run (see :mod:`.runner`): ``inference/coco_instances_results.json`` (detectron2's
 detections: everything needed to recompute) and ``inference/bootstrap_replicates.npz`` (each
@@ -18,11 +15,9 @@ replicate's metrics, so a report pairs runs without matching again).
 """
 import contextlib
 import io
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -84,7 +79,9 @@ def match_detections(gt_json: str, detections: Sequence[dict]) -> MatchTable:
     gt_count = np.zeros((len(cat_ids), num_images), dtype=np.int64)
     for k in range(len(cat_ids)):
         records = coco_eval.evalImgs[k * num_images:(k + 1) * num_images]  # one area range: (k, image)
-        images, scores, matches, ignores = [], [], [], []
+        # Each list starts empty-shaped, so a category without detections gives (T, 0) tables.
+        images, scores = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+        matches, ignores = [np.zeros((num_thresholds, 0))], [np.zeros((num_thresholds, 0))]
         for i, e in enumerate(records):
             if e is None:
                 continue
@@ -93,12 +90,6 @@ def match_detections(gt_json: str, detections: Sequence[dict]) -> MatchTable:
             scores.append(np.asarray(e["dtScores"], dtype=np.float64))
             matches.append(np.asarray(e["dtMatches"]).reshape(num_thresholds, -1))
             ignores.append(np.asarray(e["dtIgnore"]).reshape(num_thresholds, -1))
-        if not images:
-            empty = np.zeros((num_thresholds, 0), dtype=bool)
-            det_image.append(np.zeros(0, dtype=np.int64))
-            true_pos.append(empty)
-            false_pos.append(empty)
-            continue
         order = np.argsort(-np.concatenate(scores), kind="mergesort")  # COCOeval's order, ties included
         matched, ignored = np.concatenate(matches, axis=1)[:, order] > 0, np.concatenate(ignores, axis=1)[:, order] > 0
         det_image.append(np.concatenate(images)[order])
@@ -233,8 +224,3 @@ def paired_bootstrap(variant: Mapping[int, Replicated], baseline: Mapping[int, R
         result[m] = {"mean": {"value": float(np.mean([p["value"] for p in per_seed.values()])),
                               **_spread(mean_replicates)}, "per_seed": per_seed}
     return result
-
-
-def load_detections(path: Path) -> List[dict]:
-    with open(path) as f:
-        return json.load(f)

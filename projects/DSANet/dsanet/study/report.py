@@ -6,12 +6,12 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
-from .runner import Run
 from ..provenance import cpu_summary
+from .runner import Run
 from .stats import (CI_METHOD, DECOMPOSITION_METHOD, SETUP_METHOD, decompose_interval, mean_std, paired_difference,
                     setup_spread, summarize)
 from .variants import Variant
@@ -19,6 +19,7 @@ from .variants import Variant
 __all__ = ["write_report", "comparisons_for", "setup_label", "DIFF_METRICS", "THIS_STUDY"]
 
 DIFF_METRICS = ("AP", "AP50", "AP75")
+THIS_STUDY = "this study"  # the setup name of the study's own runs, beside imported setup replicates
 
 
 def comparisons_for(variants: Sequence[Variant], extra: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
@@ -44,18 +45,17 @@ def _json_safe(value):
 
 def _relative(path: Path, output: Path) -> str:
     """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
-    try:
-        return str(path.relative_to(output))
-    except ValueError:
-        return str(path)
-
-
-def _per_seed(runs: Sequence[Run], name: str) -> Dict[int, Dict[str, float]]:
-    return {r.seed: r.metrics for r in runs if r.variant.name == name and r.ok}
+    return str(path.relative_to(output) if path.is_relative_to(output) else path)
 
 
 def _fmt(x: float, digits: int = 1) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> List[str]:
+    """A markdown table's lines: the header, its rule, then one line per row of cells."""
+    lines = ["| " + " | ".join(str(cell) for cell in cells) + " |" for cells in [header, *rows]]
+    return [lines[0], "|" + "---|" * len(header), *lines[1:]]
 
 
 def _loss_curve(run: Run) -> Tuple[List[int], List[float]]:
@@ -74,29 +74,26 @@ def _loss_curve(run: Run) -> Tuple[List[int], List[float]]:
     return its, [points[i] for i in its]
 
 
-def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> str:
+def _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread) -> List[str]:
     lines = [f"# Comparison of {len(variants)} variants over seeds {list(seeds)}", "",
              "Mean ± std over the seeds that finished (n); std with n-1.", "",
-             "| variant | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for v in variants:
-        s = summary[v.name]
-        lines.append(f"| {v.name} | {s['AP']['n']} | " + " | ".join(
-            f"{_fmt(s[m]['mean'])} ± {_fmt(s[m]['std'])}" for m in metrics) + " |")
-    lines += ["", f"Paired differences, 95% confidence interval. Method: {CI_METHOD}.", "",
-              "| variant | against | n | " + " | ".join(f"Δ{m} [95% CI]" for m in DIFF_METRICS) + " |",
-              "|---|---|---|" + "---|" * len(DIFF_METRICS)]
+             *_table(["variant", "n", *metrics], ([v.name, summary[v.name]["AP"]["n"], *(
+                 f"{_fmt(summary[v.name][m]['mean'])} ± {_fmt(summary[v.name][m]['std'])}" for m in metrics)]
+                 for v in variants)),
+             "", f"Paired differences, 95% confidence interval. Method: {CI_METHOD}.", ""]
+    rows = []
     for d in differences:
         cells = [f"{_fmt(d[m]['mean'], 2)} [{_fmt(d[m]['ci_low'], 2)}, {_fmt(d[m]['ci_high'], 2)}]"
                  if d[m] else "—" for m in DIFF_METRICS]
-        n = next((d[m]["n"] for m in DIFF_METRICS if d[m]), 0)
-        lines.append(f"| {d['variant']} | {d['against']} | {n} | " + " | ".join(cells) + " |")
-    lines += _bootstrap_markdown(variants, runs, differences)
+        rows.append([d["variant"], d["against"], next((d[m]["n"] for m in DIFF_METRICS if d[m]), 0), *cells])
+    lines += _table(["variant", "against", "n", *(f"Δ{m} [95% CI]" for m in DIFF_METRICS)], rows)
+    lines += _bootstrap_markdown(variants, summary, run_spread, differences)
     kept = [r for r in runs if r.ok and r.kept_model]
     if kept:
         lines += ["", "Runs that kept their best evaluated model (model_best.pth; their numbers above are that "
-                      "model's):", "", "| run | iteration kept | " + "metric | value |", "|---|---|---|---|"]
-        lines += [f"| {r.label} | {r.kept_model['iteration']} | {r.kept_model['metric']} | "
-                  f"{_fmt(r.kept_model['value'], 2)} |" for r in kept]
+                      "model's):", "", *_table(["run", "iteration kept", "metric", "value"], (
+                          [r.label, r.kept_model["iteration"], r.kept_model["metric"], _fmt(r.kept_model["value"], 2)]
+                          for r in kept))]
     lines += ["", "Variants:", ""]
     for v in variants:
         how = "trained" if v.trained else f"evaluates {v.source}'s checkpoints"
@@ -105,51 +102,43 @@ def _summary_markdown(variants, summary, differences, metrics, runs, seeds) -> s
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- {r.label}: {r.error.splitlines()[-1] if r.error else ''}"
                                              for r in failed]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _run_spread(runs: Sequence[Run], name: str) -> Dict:
-    """A variant's one-run bootstrap std of each metric, averaged over its seeds, and its images."""
-    measured = [r.bootstrap for r in runs if r.variant.name == name and r.ok and r.bootstrap]
+def _run_spread(finished: Sequence[Run]) -> Dict:
+    """A variant's one-run bootstrap std of each metric, averaged over its finished runs, and its images."""
+    measured = [r.bootstrap for r in finished if r.bootstrap]
     return {"n": len(measured), "num_images": measured[0]["num_images"] if measured else None,
             **{m: mean_std([b[m]["std"] for b in measured])["mean"] for m in BOOTSTRAP_METRICS}}
 
 
-def _bootstrap_markdown(variants, runs, differences) -> List[str]:
-    lines = ["", f"Noise of the validation sample. Method: {BOOTSTRAP_METHOD}.", "",
-             "| variant | images | AP seed std | AP bootstrap std of one run | AP50 | AP75 |", "|---|---|---|---|---|---|"]
-    for v in variants:
-        spread, seeds = _run_spread(runs, v.name), summarize(_per_seed(runs, v.name), ["AP"])["AP"]
-        if spread["n"]:
-            lines.append(f"| {v.name} | {spread['num_images']} | {_fmt(seeds['std'], 2)} | {_fmt(spread['AP'], 2)} | "
-                         f"{_fmt(spread['AP50'], 2)} | {_fmt(spread['AP75'], 2)} |")
-    lines += ["", f"The AP difference's interval, split into training and validation parts. {DECOMPOSITION_METHOD}.", "",
-              "| variant | against | n | ΔAP | seed sd | training ± | validation ± | total [95%] | seeds for ±1.0 | "
-              "seeds for ±0.5 | images for ±0.5 (then seeds) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]:
+    noise = ([v.name, run_spread[v.name]["num_images"], _fmt(summary[v.name]["AP"]["std"], 2),
+              *(_fmt(run_spread[v.name][m], 2) for m in BOOTSTRAP_METRICS)]
+             for v in variants if run_spread[v.name]["n"])
+    rows = []
     for d in differences:
         parts = d.get("decomposition")
-        if not parts:
-            continue
-        need = parts["needed"]
-        lines.append(
-            f"| {d['variant']} | {d['against']} | {d['AP']['n']} | {_fmt(d['AP']['mean'], 2)} | {_fmt(parts['seed_sd'], 2)} | "
-            f"{_fmt(parts['training_half'], 2)} | {_fmt(parts['validation_half'], 2)}{_over_fewer_seeds(d)} | "
-            f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}] | {need['1.0']['seeds'] or 'out of reach'} | "
-            f"{need['0.5']['seeds'] or 'out of reach'} | {need['0.5']['images']} ({need['0.5']['seeds_with_more_images']}) |")
-    return lines
+        if parts:
+            need, n, k = parts["needed"], d["AP"]["n"], parts.get("validation_seeds")
+            fewer = f" (seeds: {k} of {n})" if k is not None and k != n else ""  # the validation part's seeds
+            rows.append([d["variant"], d["against"], n, _fmt(d["AP"]["mean"], 2), _fmt(parts["seed_sd"], 2),
+                         _fmt(parts["training_half"], 2), _fmt(parts["validation_half"], 2) + fewer,
+                         f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}]",
+                         need["1.0"]["seeds"] or "out of reach", need["0.5"]["seeds"] or "out of reach",
+                         f"{need['0.5']['images']} ({need['0.5']['seeds_with_more_images']})"])
+    return ["", f"Noise of the validation sample. Method: {BOOTSTRAP_METHOD}.", "",
+            *_table(["variant", "images", "AP seed std", "AP bootstrap std of one run", "AP50", "AP75"], noise),
+            "", f"The AP difference's interval, split into training and validation parts. {DECOMPOSITION_METHOD}.", "",
+            *_table(["variant", "against", "n", "ΔAP", "seed sd", "training ±", "validation ±", "total [95%]",
+                     "seeds for ±1.0", "seeds for ±0.5", "images for ±0.5 (then seeds)"], rows)]
 
 
-def _over_fewer_seeds(difference: Dict) -> str:
-    """' (seeds: 2 of 4)' when the validation part was measured over fewer seeds than the training part."""
-    k, n = difference["decomposition"].get("validation_seeds"), difference["AP"]["n"]
-    return f" (seeds: {k} of {n})" if k is not None and k != n else ""
-
-
-def _replicated(runs: Sequence[Run], name: str) -> Dict[int, Tuple[Dict[str, float], Dict]]:
-    """seed -> (metrics, bootstrap replicates) of a variant's runs that have them."""
+def _replicated(finished: Sequence[Run]) -> Dict[int, Tuple[Dict[str, float], Dict]]:
+    """seed -> (metrics, bootstrap replicates) of a variant's finished runs that have them."""
     out = {}
-    for r in runs:
-        if r.variant.name == name and r.ok and r.bootstrap:
+    for r in finished:
+        if r.bootstrap:
             replicates = r.replicates()
             if replicates is not None:
                 out[r.seed] = ({m: r.bootstrap[m]["value"] for m in BOOTSTRAP_METRICS}, replicates)
@@ -175,31 +164,31 @@ def _figure(path: Path, figsize: Tuple[float, float]) -> Iterator[tuple]:
         plt.close(fig)
 
 
-def _plot_ap(path: Path, variants, runs) -> None:
-    seeds = sorted({r.seed for r in runs})
+def _plot_ap(path: Path, per_seed: Dict[str, Dict[int, Dict[str, float]]], seeds: List[int]) -> None:
+    """Each variant's AP per seed (``per_seed``: variant -> seed -> metrics) and its mean."""
     labelled = set()  # each legend entry once
-    with _figure(path, (1.6 + 1.3 * len(variants), 4)) as (ax, colors):
-        for x, v in enumerate(variants):
-            per_seed = {s: m["AP"] for s, m in _per_seed(runs, v.name).items() if not math.isnan(m.get("AP", math.nan))}
-            for s, ap in per_seed.items():
+    with _figure(path, (1.6 + 1.3 * len(per_seed), 4)) as (ax, colors):
+        for x, metrics in enumerate(per_seed.values()):
+            aps = {s: m["AP"] for s, m in metrics.items() if not math.isnan(m.get("AP", math.nan))}
+            for s, ap in aps.items():
                 label = f"seed {s}"
                 ax.scatter(x + 0.06 * (seeds.index(s) - (len(seeds) - 1) / 2), ap, color=colors(seeds.index(s) % 10),
                            s=22, zorder=3, label=None if label in labelled else label)
                 labelled.add(label)
-            if per_seed:
-                ax.hlines(sum(per_seed.values()) / len(per_seed), x - 0.3, x + 0.3, color="black", linewidth=2,
+            if aps:
+                ax.hlines(sum(aps.values()) / len(aps), x - 0.3, x + 0.3, color="black", linewidth=2,
                           zorder=2, label=None if "mean" in labelled else "mean")
                 labelled.add("mean")
-        ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right")
+        ax.set_xticks(range(len(per_seed)), list(per_seed), rotation=20, ha="right")
         ax.set_ylabel("COCO AP")
         ax.set_title("AP per variant (points: seeds, bar: mean)")
         ax.grid(axis="y", alpha=0.3)
 
 
-def _plot_losses(path: Path, variants, runs) -> None:
+def _plot_losses(path: Path, variants, finished: Dict[str, List[Run]]) -> None:
     with _figure(path, (7, 4)) as (ax, colors):
         for i, v in enumerate(x for x in variants if x.trained):  # evaluation-only variants share their source's
-            for j, run in enumerate(r for r in runs if r.variant.name == v.name and r.ok):
+            for j, run in enumerate(finished[v.name]):
                 its, losses = _loss_curve(run)
                 if its:
                     ax.plot(its, losses, color=colors(i % 10), linewidth=1, alpha=0.7, label=v.name if j == 0 else None)
@@ -208,9 +197,6 @@ def _plot_losses(path: Path, variants, runs) -> None:
         ax.set_yscale("log")
         ax.set_title("Training loss, one line per seed")
         ax.grid(alpha=0.3)
-
-
-THIS_STUDY = "this study"  # the setup name of the study's own runs, beside imported setup replicates
 
 
 def setup_label(setup: Optional[Dict]) -> str:
@@ -222,45 +208,66 @@ def setup_label(setup: Optional[Dict]) -> str:
     return f"{cpu_summary(machine['cpu'])}, {threads} thread{'' if threads == 1 else 's'}"
 
 
-def _setup_groups(runs: Sequence[Run], replicates: Sequence[Dict], name: str, metric: str = "AP"
+def _setup_groups(per_seed: Dict[int, Dict[str, float]], replicates: Sequence[Dict], name: str
                   ) -> Dict[int, Dict[str, float]]:
-    """seed -> {setup name: the variant's ``metric``}: the study's own run and its replicates elsewhere."""
-    groups = {s: {THIS_STUDY: r[metric]} for s, r in _per_seed(runs, name).items()}
+    """seed -> {setup name: the variant's AP}: the study's own run (``per_seed``) and its replicates elsewhere."""
+    groups = {s: {THIS_STUDY: r["AP"]} for s, r in per_seed.items()}
     for rep in replicates:
-        if rep["variant"] == name and rep["seed"] in groups and rep["metrics"].get(metric) is not None:
-            groups[rep["seed"]][rep["setup_name"]] = rep["metrics"][metric]
+        if rep["variant"] == name and rep["seed"] in groups and rep["metrics"].get("AP") is not None:
+            groups[rep["seed"]][rep["setup_name"]] = rep["metrics"]["AP"]
     return groups
 
 
-def _difference_setup_groups(runs, replicates, name: str, against: str) -> Dict[int, Dict[str, float]]:
-    """seed -> {setup name: variant - against} on every setup that trained both."""
-    a, b = _setup_groups(runs, replicates, name), _setup_groups(runs, replicates, against)
-    return {s: {k: a[s][k] - b[s][k] for k in a[s].keys() & b[s].keys()} for s in a.keys() & b.keys()}
-
-
-def _setup_markdown(variants, runs, replicates, differences) -> List[str]:
+def _setup_markdown(runs, replicates, spreads: Dict[str, Optional[Dict]], differences) -> List[str]:
+    """Each replicated run's AP on every setup, then how far each result (``spreads``: variant ->
+    ``setup_spread``) and each difference moves between setups."""
     if not replicates:
         return []
-    lines = ["", f"How far a result moves between setups. Method: {SETUP_METHOD}.", "",
-             "| run | setup | AP |", "|---|---|---|"]
+    elsewhere = {}
+    for rep in replicates:
+        elsewhere.setdefault((rep["variant"], rep["seed"]), []).append(rep)
+    rows = []
     for r in runs:
-        if r.ok and any(rep["variant"] == r.variant.name and rep["seed"] == r.seed for rep in replicates):
-            lines.append(f"| {r.label} | {THIS_STUDY}: {setup_label(r.setup)} | {_fmt(r.metrics.get('AP'), 2)} |")
-            lines += [f"| {r.label} | {rep['setup_name']}: {setup_label(rep['setup'])} | "
-                      f"{_fmt(rep['metrics'].get('AP', math.nan), 2)} |"
-                      for rep in replicates if rep["variant"] == r.variant.name and rep["seed"] == r.seed]
-    lines += ["", "| result | groups | setups | largest shift | sd | ± (95%) |", "|---|---|---|---|---|---|"]
-    for v in variants:
-        spread = setup_spread(_setup_groups(runs, replicates, v.name))
-        if spread:
-            lines.append(f"| {v.name} AP | {spread['groups']} | {len(spread['setups'])} | {_fmt(spread['max_shift'], 2)} | "
-                         f"{_fmt(spread['sd'], 2)} | {_fmt(spread['half'], 2)} |")
-    for d in differences:
-        if d.get("setup"):
-            spread = d["setup"]
-            lines.append(f"| {d['variant']} − {d['against']} ΔAP | {spread['groups']} | {len(spread['setups'])} | "
-                         f"{_fmt(spread['max_shift'], 2)} | {_fmt(spread['sd'], 2)} | {_fmt(spread['half'], 2)} |")
-    return lines
+        if r.ok and (r.variant.name, r.seed) in elsewhere:
+            rows.append([r.label, f"{THIS_STUDY}: {setup_label(r.setup)}", _fmt(r.metrics.get("AP"), 2)])
+            rows += [[r.label, f"{rep['setup_name']}: {setup_label(rep['setup'])}", _fmt(rep["metrics"].get("AP"), 2)]
+                     for rep in elsewhere[(r.variant.name, r.seed)]]
+    moved = [(f"{name} AP", spread) for name, spread in spreads.items() if spread]
+    moved += [(f"{d['variant']} − {d['against']} ΔAP", d["setup"]) for d in differences if d.get("setup")]
+    return ["", f"How far a result moves between setups. Method: {SETUP_METHOD}.", "",
+            *_table(["run", "setup", "AP"], rows), "",
+            *_table(["result", "groups", "setups", "largest shift", "sd", "± (95%)"], (
+                [label, s["groups"], len(s["setups"]), *(_fmt(s[k], 2) for k in ("max_shift", "sd", "half"))]
+                for label, s in moved))]
+
+
+def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons, imported_differences
+                 ) -> List[Dict]:
+    """Each compared pair's paired t-intervals, paired image bootstrap, setup spread and the AP interval
+    split into those parts (see :func:`write_report`)."""
+    replicated = {name: _replicated(done) for name, done in finished.items()}
+    differences = []
+    for name, against in comparisons_for(variants, extra_comparisons):
+        a, b = per_seed[name], per_seed[against]
+        difference = {"variant": name, "against": against, **{
+            m: paired_difference({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
+            for m in DIFF_METRICS}}
+        paired = paired_bootstrap(replicated[name], replicated[against])
+        if paired is None and difference["AP"]:  # every run imported: the importing study's own bootstrap
+            paired = next((d.get("bootstrap") for d in imported_differences if d.get("variant") == name and
+                           d.get("against") == against and (d.get("AP") or {}).get("n") == difference["AP"]["n"]), None)
+        difference["bootstrap"] = paired
+        a, b = setup_groups[name], setup_groups[against]  # seed -> {setup: AP}; the difference on each setup
+        difference["setup"] = setup_spread({s: {k: a[s][k] - b[s][k] for k in a[s].keys() & b[s].keys()}
+                                            for s in a.keys() & b.keys()})
+        if paired and difference["AP"]:
+            # Runs imported without detections (compare_variants.py --import-results) have no replicates:
+            # the validation part is then measured over fewer seeds than the training part (said in the table).
+            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], run_spread[name]["num_images"],
+                                       setup=difference["setup"])
+            difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}
+        differences.append(difference)
+    return differences
 
 
 def write_report(output: Path, *, config_file: str, common_overrides: Sequence[str], variants: Sequence[Variant],
@@ -276,26 +283,13 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     Returns:
         the content of results.json.
     """
-    summary = {v.name: summarize(_per_seed(runs, v.name), metrics) for v in variants}
-    differences = []
-    for name, against in comparisons_for(variants, extra_comparisons):
-        a, b = _per_seed(runs, name), _per_seed(runs, against)
-        difference = {"variant": name, "against": against, **{
-            m: paired_difference({s: r[m] for s, r in a.items()}, {s: r[m] for s, r in b.items()})
-            for m in DIFF_METRICS}}
-        paired = paired_bootstrap(_replicated(runs, name), _replicated(runs, against))
-        if paired is None and difference["AP"]:  # every run imported: the importing study's own bootstrap
-            paired = next((d.get("bootstrap") for d in imported_differences if d.get("variant") == name and
-                           d.get("against") == against and (d.get("AP") or {}).get("n") == difference["AP"]["n"]), None)
-        difference["bootstrap"] = paired
-        difference["setup"] = setup_spread(_difference_setup_groups(runs, setup_replicates, name, against))
-        if paired and difference["AP"]:
-            # Runs imported without detections (compare_variants.py --import-results) have no replicates:
-            # the validation part is then measured over fewer seeds than the training part (said in the table).
-            images = _run_spread(runs, name)["num_images"]
-            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], images, setup=difference["setup"])
-            difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}
-        differences.append(difference)
+    finished = {v.name: [r for r in runs if r.variant.name == v.name and r.ok] for v in variants}
+    per_seed = {name: {r.seed: r.metrics for r in done} for name, done in finished.items()}
+    summary = {name: summarize(by_seed, metrics) for name, by_seed in per_seed.items()}
+    run_spread = {name: _run_spread(done) for name, done in finished.items()}
+    setup_groups = {name: _setup_groups(by_seed, setup_replicates, name) for name, by_seed in per_seed.items()}
+    differences = _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons,
+                               imported_differences)
     results = {
         "provenance": provenance,
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
@@ -305,9 +299,9 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
                   "kept_model": r.kept_model, "setup": r.setup, "directory": _relative(r.directory, output)}
                  for r in runs],
         "setup_replicates": list(setup_replicates),
-        "setup_spread": {v.name: setup_spread(_setup_groups(runs, setup_replicates, v.name)) for v in variants},
+        "setup_spread": {name: setup_spread(groups) for name, groups in setup_groups.items()},
         "setup_method": SETUP_METHOD,
-        "summary": summary, "run_spread": {v.name: _run_spread(runs, v.name) for v in variants},
+        "summary": summary, "run_spread": run_spread,
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
     }
@@ -322,8 +316,9 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
                          (r.kept_model or {}).get("iteration", ""),
                          r.error.splitlines()[-1] if r.error else ""])
     write_text(output / "results.csv", table.getvalue())
-    write_text(output / "summary.md", _summary_markdown(variants, summary, differences, metrics, runs, seeds)
-               + "\n".join(_setup_markdown(variants, runs, setup_replicates, differences) + [""]))
-    _plot_ap(output / "ap.png", variants, runs)
-    _plot_losses(output / "loss_curves.png", variants, runs)
+    write_text(output / "summary.md", "\n".join(
+        _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread)
+        + _setup_markdown(runs, setup_replicates, results["setup_spread"], differences)) + "\n")
+    _plot_ap(output / "ap.png", per_seed, sorted({r.seed for r in runs}))
+    _plot_losses(output / "loss_curves.png", variants, finished)
     return results

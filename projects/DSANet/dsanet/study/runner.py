@@ -12,16 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..best_checkpoint import BEST_WEIGHTS, read_best_record
 from ..config import load_config
 from ..errors import UserInputError
 from ..evaluation import RESULTS_FILE
 from ..fileio import atomic_write, write_json
-from ..provenance import INVOCATIONS_FILE
+from ..provenance import read_invocations
 from . import bootstrap, locks
 from .variants import Variant
 
-__all__ = ["Run", "plan_runs", "read_study", "run_setup", "StudyRunner", "MARKER", "format_duration"]
+__all__ = ["Run", "plan_runs", "read_study", "StudyRunner", "MARKER", "format_duration"]
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
@@ -58,14 +60,19 @@ class Run:
 
     @property
     def setup(self) -> Optional[Dict]:
-        """Where the run was trained: its training invocation's machine record and data fingerprints
-        (train_net.py's ``provenance.json``), else what its marker carries over from an imported study
-        (None when neither recorded it)."""
-        return run_setup(self.directory)
+        """Where the run was trained: its last training invocation's ``{"date", "machine", "data", "code"}``
+        (train_net.py's ``provenance.json``), else its marker's ``setup`` carried over from an imported
+        study (None when neither recorded it)."""
+        trained = [i for i in read_invocations(self.directory) if not i.get("eval_only")]
+        if trained:
+            return {key: trained[-1].get(key) for key in ("date", "machine", "data", "code")}
+        try:
+            return json.loads((self.directory / MARKER).read_text()).get("setup")
+        except (OSError, ValueError, AttributeError):
+            return None
 
-    def replicates(self) -> Optional[Dict[str, "np.ndarray"]]:
+    def replicates(self) -> Optional[Dict[str, np.ndarray]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
-        import numpy as np
         path = self.directory / "inference" / REPLICATES_FILE
         if not path.is_file():
             return None
@@ -82,38 +89,6 @@ def ground_truth_file(config_file: str, overrides: Sequence[str]) -> Optional[st
     register_datasets_for(cfg, ("test",))
     names = cfg.dataloader.test.dataset.names
     return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("json_file")
-
-
-def measure_bootstrap(run: Run, gt_json: str) -> Dict:
-    """The image-level bootstrap of ``run``'s detections; saves its replicates beside them.
-
-    Returns:
-        ``bootstrap.bootstrap_metrics`` plus ``matches_evaluator``: whether the AP recomputed from the
-        detections equals the one the run's evaluator reported (else the ground truths differ).
-    """
-    import numpy as np
-    table = bootstrap.match_detections(gt_json, bootstrap.load_detections(run.directory / "inference" / DETECTIONS))
-    summary, replicated = bootstrap.bootstrap_metrics(table)
-    atomic_write(run.directory / "inference" / REPLICATES_FILE, lambda f: np.savez(f, **replicated))
-    reported = run.metrics.get("AP", math.nan)
-    summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - reported) < 1e-6)
-    return summary
-
-
-def run_setup(directory: Path) -> Optional[Dict]:
-    """The setup of the run in ``directory`` (see :attr:`Run.setup`): the last training invocation's
-    ``{"date", "machine", "data", "code"}``, or the marker's ``setup`` for a run imported from another study."""
-    try:
-        invocations = json.loads((directory / INVOCATIONS_FILE).read_text())["invocations"]
-    except (OSError, ValueError, KeyError, TypeError):
-        invocations = []
-    trained = [i for i in invocations if not i.get("eval_only")]
-    if trained:
-        return {key: trained[-1].get(key) for key in ("date", "machine", "data", "code")}
-    try:
-        return json.loads((directory / MARKER).read_text()).get("setup")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def read_study(results_file: Path, config_file: str) -> Tuple[Dict, Dict[Tuple[str, int], Dict], Dict[str, List[str]]]:
@@ -200,11 +175,10 @@ class StudyRunner:
             own.append(f"train.init_checkpoint={checkpoint}")
         return own
 
-    def _command(self, flags: Sequence[str], overrides: Sequence[str]) -> List[str]:
-        return [sys.executable, str(self.train_net), "--config-file", self.config_file,
-                "--num-gpus", str(self.num_gpus), *flags, *overrides]
-
-    def _execute(self, command: Sequence[str], log_file: Path) -> int:
+    def _train_net(self, flags: Sequence[str], overrides: Sequence[str], log_file: Path) -> int:
+        """Run train_net.py with ``flags`` and ``overrides``, appending its output to ``log_file``; its exit code."""
+        command = [sys.executable, str(self.train_net), "--config-file", self.config_file,
+                   "--num-gpus", str(self.num_gpus), *flags, *overrides]
         with open(log_file, "a") as f:
             f.write("$ " + " ".join(command) + "\n")
             f.flush()
@@ -213,32 +187,25 @@ class StudyRunner:
     def _eta(self, remaining: Sequence[Run]) -> str:
         """Time left for ``remaining``, from the mean duration of the runs of the same kind (trained
         or evaluation-only) made in this invocation; a kind not yet timed makes it a lower bound."""
-        total, unknown = 0.0, False
-        for run in remaining:
-            done = self._durations[run.variant.trained]
-            if done:
-                total += sum(done) / len(done)
-            else:
-                unknown = True
+        mean = {trained: sum(done) / len(done) for trained, done in self._durations.items() if done}
+        total = sum(mean.get(run.variant.trained, 0.0) for run in remaining)
+        unknown = any(run.variant.trained not in mean for run in remaining)
         if unknown and total == 0:
             return "ETA ?"
         return f"ETA {'> ' if unknown else ''}{format_duration(total)}"
 
     def import_finished(self, runs: Sequence[Run], variants: Sequence[Variant], results_file: Path) -> List[Run]:
-        """Take the finished runs recorded in an earlier study's ``results.json`` as finished here.
-
-        For a study whose run folders are gone (a new machine) but whose results.json was kept: each
-        planned run without a marker, whose variant, seed and overrides match a run that finished there,
-        gets a marker holding that run's metrics and bootstrap summary (and ``imported_from``), so it is
-        read, not retrained. Its detections are not in results.json, so it adds nothing to the paired
-        image bootstrap of differences (the report says over how many seeds that was measured).
-        Returns the runs given a marker."""
-        imported = []
+        """Give each planned run without a marker that finished in an earlier study (``results_file``, kept
+        when its run folders were lost) with the same variant, seed and overrides a marker holding that
+        run's metrics, bootstrap summary, seconds, setup and ``imported_from``: it is read, not retrained.
+        Without its detections it adds nothing to the paired image bootstrap of differences (the report
+        says over how many seeds that was measured). Returns the runs given a marker."""
+        imported, sources = [], {v.name: v for v in variants}
         for run, record in self._matching_runs(runs, variants, results_file, "not imported"):
             marker = run.directory / MARKER
             if marker.is_file():
                 continue
-            write_json(marker, self._marker(run, self.overrides(run, {v.name: v for v in variants}), record["metrics"],
+            write_json(marker, self._marker(run, self.overrides(run, sources), record["metrics"],
                                             record.get("bootstrap") or {}, record.get("seconds"),
                                             imported_from=str(results_file), setup=record.get("setup")))
             imported.append(run)
@@ -246,14 +213,10 @@ class StudyRunner:
 
     def import_setup(self, runs: Sequence[Run], variants: Sequence[Variant], name: str,
                      results_file: Path) -> List[Dict]:
-        """The runs of another study (``results_file``: the same config and variants, trained on another
-        setup: another processor or thread count) that replicate this study's planned runs: same variant,
-        seed and overrides. They do not count among this study's seeds; they measure how far a result
-        moves between setups (the report's setup part).
-
-        Returns:
-            one ``{"variant", "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run.
-        """
+        """Another study's runs (``results_file``: the same config, trained on another processor or thread
+        count) that replicate planned trained runs (same variant, seed and overrides): not seeds of this
+        study, but how far a result moves between setups (the report's setup part). One ``{"variant",
+        "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run."""
         return [{"variant": run.variant.name, "seed": run.seed, "setup_name": name, "metrics": record["metrics"],
                  "setup": record.get("setup"), "from": str(results_file)}
                 for run, record in self._matching_runs(runs, variants, results_file, "no replicate")
@@ -298,9 +261,13 @@ class StudyRunner:
         return True
 
     def _add_bootstrap(self, run: Run, overrides: List[str]) -> None:
-        """Measure the run's bootstrap spread; a run without detections or ground truth has none (logged)."""
-        if not (run.directory / "inference" / DETECTIONS).is_file():
-            self.log(f"{run.label}: no {DETECTIONS} in {run.directory / 'inference'}: no bootstrap")
+        """Set ``run.bootstrap`` to the image-level bootstrap of its detections (``bootstrap_metrics`` plus
+        ``matches_evaluator``: whether the AP recomputed from them is the evaluator's, else the ground
+        truths differ) and save the replicates beside them; a run without detections or ground truth
+        has none (logged)."""
+        inference = run.directory / "inference"
+        if not (inference / DETECTIONS).is_file():
+            self.log(f"{run.label}: no {DETECTIONS} in {inference}: no bootstrap")
             return
         try:
             gt_json = ground_truth_file(self.config_file, overrides)
@@ -308,7 +275,11 @@ class StudyRunner:
             self.log(f"{run.label}: no bootstrap, its ground truth is not found: {e}")
             return
         if gt_json:
-            run.bootstrap = measure_bootstrap(run, gt_json)
+            table = bootstrap.match_detections(gt_json, json.loads((inference / DETECTIONS).read_text()))
+            summary, replicated = bootstrap.bootstrap_metrics(table)
+            atomic_write(inference / REPLICATES_FILE, lambda f: np.savez(f, **replicated))
+            summary["matches_evaluator"] = bool(abs(summary["AP"]["value"] - run.metrics.get("AP", math.nan)) < 1e-6)
+            run.bootstrap = summary
 
     def _launch(self, run: Run, overrides: List[str]) -> None:
         run.directory.mkdir(parents=True, exist_ok=True)
@@ -316,16 +287,15 @@ class StudyRunner:
         log_file = run.directory / LOG
         start = time.time()
         # --resume: an interrupted training continues from its last checkpoint.
-        rc = self._execute(self._command(["--resume"] if run.variant.trained else ["--eval-only"], overrides),
-                           log_file)
+        rc = self._train_net(["--resume"] if run.variant.trained else ["--eval-only"], overrides, log_file)
         if rc == 0 and run.variant.trained and (not results.is_file() or results.stat().st_mtime < start):
             # Training was already complete (nothing to train, so no evaluation): evaluate its kept model
             # (model_best.pth) when it kept one, else its final checkpoint.
             if run.kept_model is not None:
-                rc = self._execute(self._command(["--eval-only"], overrides + [
-                    f"train.init_checkpoint={run.directory / BEST_WEIGHTS}"]), log_file)
+                kept = [f"train.init_checkpoint={run.directory / BEST_WEIGHTS}"]
+                rc = self._train_net(["--eval-only"], overrides + kept, log_file)
             else:
-                rc = self._execute(self._command(["--eval-only", "--resume"], overrides), log_file)
+                rc = self._train_net(["--eval-only", "--resume"], overrides, log_file)
         if rc != 0:
             run.seconds = time.time() - start
             run.status, run.error = "failed", f"train_net.py exited {rc}:\n{_tail(log_file)}"
@@ -357,22 +327,17 @@ class StudyRunner:
             if not held:
                 return False
             if self._reuse(run, overrides):  # finished earlier, or by the invocation that held the lock
-                self.log(f"{prefix}: done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})"
-                         if run.ok else f"{prefix}: FAILED: {run.error}")
-                return True
-            if source_run is not None and not source_run.ok:
+                outcome = f"done, reading its results (AP {run.metrics.get('AP', math.nan):.1f})"
+            elif source_run is not None and not source_run.ok:
                 run.status, run.error = "failed", f"its source run {source_run.label} failed"
-                self.log(f"{prefix}: FAILED: {run.error}")
-                return True
-            action = "training" if run.variant.trained else f"evaluating {run.variant.source}'s checkpoint"
-            self.log(f"{prefix}: {action} ... {self._eta(remaining)} ({run.directory})")
-            self._launch(run, overrides)
-            if run.ok:
-                spread = run.bootstrap.get("AP", {}).get("std", math.nan) if run.bootstrap else math.nan
-                self.log(f"{prefix}: AP {run.metrics.get('AP', math.nan):.1f} (bootstrap std {spread:.2f}) "
-                         f"in {format_duration(run.seconds)}")
             else:
-                self.log(f"{prefix}: FAILED: {run.error}")
+                action = "training" if run.variant.trained else f"evaluating {run.variant.source}'s checkpoint"
+                self.log(f"{prefix}: {action} ... {self._eta(remaining)} ({run.directory})")
+                self._launch(run, overrides)
+                spread = run.bootstrap.get("AP", {}).get("std", math.nan) if run.bootstrap else math.nan
+                outcome = (f"AP {run.metrics.get('AP', math.nan):.1f} (bootstrap std {spread:.2f}) "
+                           f"in {format_duration(run.seconds)}" if run.ok else "")
+            self.log(f"{prefix}: {outcome}" if run.ok else f"{prefix}: FAILED: {run.error}")
             return True
 
     def run_all(self, runs: Sequence[Run], variants: Sequence[Variant],

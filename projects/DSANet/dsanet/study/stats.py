@@ -1,8 +1,6 @@
-"""Statistics over seeds: mean and sample std per metric, and the paired t-interval of a difference.
-
-Paired: variant and baseline share each seed (same data order, same schedule), so the interval is
-built on the per-seed differences d_s = x_s - b_s: mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n).
-"""
+"""Statistics over seeds and setups: mean and sample std per metric, the paired t-interval of a
+difference (variant and baseline share each seed: same data order, same schedule), that interval split
+into its training, validation and setup parts, and how far a result moves between setups."""
 import math
 from typing import Dict, Optional, Sequence
 
@@ -71,7 +69,6 @@ def paired_difference(variant: Dict[int, float], baseline: Dict[int, float]) -> 
             "n": len(diffs), "per_seed": {s: variant[s] - baseline[s] for s in seeds}}
 
 
-_Z = _Z975
 DECOMPOSITION_METHOD = (
     "training part: the paired t-interval's half-width over seeds, t(0.975, n-1) * sd(d) / sqrt(n); validation "
     "part: 1.96 x the bootstrap std of the seed-mean difference over validation images; total half-width: "
@@ -114,21 +111,18 @@ def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[D
     n, mean = t_interval["n"], t_interval["mean"]
     seed_sd = mean_std(list(t_interval["per_seed"].values()))["std"]
     training = t_quantile_975(n - 1) * seed_sd / math.sqrt(n) if n > 1 else math.nan
-    validation = _Z * bootstrap_of_mean["std"]
+    validation = _Z975 * bootstrap_of_mean["std"]
     setup_half = setup["half"] if setup else None
     total = math.sqrt(training ** 2 + validation ** 2 + (setup_half or 0.0) ** 2)
-    needed = {}
+    measured, needed = not math.isnan(validation), {}
     for h in targets:
-        share = h / math.sqrt(2)
-        needed[str(h)] = {
-            "seeds": seeds_for_half_width(seed_sd, validation, h),
-            "images": int(math.ceil(num_images * (validation / share) ** 2)) if not math.isnan(validation) else None,
-            "seeds_with_more_images": seeds_for_half_width(seed_sd, min(validation, share), h) if not
-            math.isnan(validation) else None,
-        }
+        share = h / math.sqrt(2)  # the validation part's target
+        needed[str(h)] = {"seeds": seeds_for_half_width(seed_sd, validation, h),
+                          "images": int(math.ceil(num_images * (validation / share) ** 2)) if measured else None,
+                          "seeds_with_more_images": seeds_for_half_width(seed_sd, min(validation, share), h)
+                          if measured else None}
     return {"seed_sd": seed_sd, "training_half": training, "validation_half": validation, "setup_half": setup_half,
-            "total_half": total,
-            "total_low": mean - total, "total_high": mean + total, "needed": needed}
+            "total_half": total, "total_low": mean - total, "total_high": mean + total, "needed": needed}
 
 
 SETUP_METHOD = (
@@ -162,5 +156,5 @@ def setup_spread(groups: Dict[object, Dict[str, float]]) -> Optional[Dict]:
     if not dof:
         return None
     sd = math.sqrt(squares / dof)
-    return {"sd": sd, "half": _Z * sd, "max_shift": max(shifts), "groups": len(shifts), "setups": sorted(setups),
+    return {"sd": sd, "half": _Z975 * sd, "max_shift": max(shifts), "groups": len(shifts), "setups": sorted(setups),
             "dof": dof}
