@@ -253,11 +253,6 @@ class StudyRunner:
         metrics = {m: math.nan if v is None else v for m, v in saved["metrics"].items()}
         run.status, run.metrics, run.seconds = "reused", metrics, saved.get("seconds") or math.nan
         run.bootstrap = saved.get("bootstrap") or {}
-        if not run.bootstrap or run.replicates() is None:  # finished before the bootstrap existed
-            self._add_bootstrap(run, overrides)
-            if run.bootstrap:
-                saved["bootstrap"] = run.bootstrap
-                write_json(marker, saved)
         return True
 
     def _add_bootstrap(self, run: Run, overrides: List[str]) -> None:
