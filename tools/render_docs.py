@@ -418,6 +418,7 @@ def render_reproduction(study: Dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- tables: the paper's design choices
 PAPER_TABLES = "benchmarks/paper_coco_ablations.json"  # the paper's COCO numbers, quoted as printed
+SAME_COST_AS_BASELINE = "authors_code_scale_init"  # DSANet's computation with another init and scale
 
 
 def _paper_difference(paper: Dict[str, Any], name: str) -> Tuple[str, Optional[float]]:
@@ -498,6 +499,13 @@ def render_study_paper(study: Dict[str, Any]) -> str:
         text += "\n\n" + "\n".join(f"- {sentence}" for sentence in sentences)
     if wide:
         text += "\n\nWider than ±1.0 AP on a side: " + "; ".join(wide) + "."
+    same_cost = _minutes(study, SAME_COST_AS_BASELINE)
+    if same_cost and base_minutes:
+        text += (f"\n\nTiming noise: {SAME_COST_AS_BASELINE} computes exactly what {baseline} computes per step "
+                 f"(only its initialisation and attention scale differ), and its runs took {same_cost / base_minutes:.2f}x "
+                 f"as long: cost ratios between {min(same_cost / base_minutes, base_minutes / same_cost):.2f}x and "
+                 f"{max(same_cost / base_minutes, base_minutes / same_cost):.2f}x are within the timing noise of this study "
+                 f"(runs shared two cores with each other and, at times, with other work).")
     return text + "\n\n" + _paper_defaults(study, baseline)
 
 
