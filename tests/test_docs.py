@@ -399,10 +399,9 @@ def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule
     moves only for an interval entirely above 0, and never while a variant lacks two seeds."""
     paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
     study = _paper_study({name: (-0.5, -0.9, -0.1) for name in paper["variants"]})
-    study["differences"][[d["variant"] for d in study["differences"]].index("shared_branch")]["AP"].update(
-        mean=0.8, ci_low=0.3, ci_high=1.3)
-    study["differences"][[d["variant"] for d in study["differences"]].index("shared_branch")]["decomposition"].update(
-        total_low=0.2, total_high=1.4)
+    shared = next(d for d in study["differences"] if d["variant"] == "shared_branch")
+    shared["AP"].update(mean=0.8, ci_low=0.3, ci_high=1.3)
+    shared["decomposition"].update(total_low=0.2, total_high=1.4)
     text = render_docs.render_study_paper(study)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["shared_branch"].count("| no |") == 1  # paper -0.1, here above 0

@@ -282,6 +282,11 @@ def per_seed_ap(study: Dict[str, Any], variant: str) -> str:
     return ", ".join(f"{ap:.2f}" for _, ap in sorted(values))
 
 
+def per_seed_deltas(ap: Dict[str, Any]) -> str:
+    """``+0.31, -0.12``: a paired difference record's per-seed values in seed order."""
+    return ", ".join(signed(ap["per_seed"][k]) for k in sorted(ap["per_seed"], key=int))
+
+
 def render_study_summary(study: Dict[str, Any]) -> str:
     spread_of = study.get("run_spread") or {}
     rows = []
@@ -297,7 +302,7 @@ def render_study_differences(study: Dict[str, Any]) -> str:
     rows = []
     for diff in study["differences"]:
         ap = diff["AP"]
-        seeds = ", ".join(signed(ap["per_seed"][k]) for k in sorted(ap["per_seed"], key=int))
+        seeds = per_seed_deltas(ap)
         boot = (diff.get("bootstrap") or {}).get("AP", {}).get("mean")
         dec = diff.get("decomposition")
         rows.append([f"{diff['variant']} - {diff['against']}", ap["n"], seeds, interval(ap),
@@ -444,17 +449,6 @@ def _sign_verdict(paper_delta: Optional[float], low: float, high: float) -> str:
     return "yes" if here * paper_delta > 0 else "no"
 
 
-def _paper_study_rows(study: Dict[str, Any], paper: Dict[str, Any]):
-    """Per variant in the study's order (the baseline aside): (name, paper place, paper Δ, difference
-    record against the baseline or None, minutes per run)."""
-    baseline = study["variants"][0]["name"]
-    against = {d["variant"]: d for d in study["differences"] if d["against"] == baseline}
-    for variant in study["variants"][1:]:
-        name = variant["name"]
-        place, delta = _paper_difference(paper, name)
-        yield name, place, delta, against.get(name), _minutes(study, name)
-
-
 def _minutes(study: Dict[str, Any], name: str) -> Optional[float]:
     """Mean minutes per finished run of variant ``name`` (training and evaluation, as the study timed it)."""
     seconds = [run["seconds"] for run in study["runs"] if run["variant"] == name and run.get("metrics") and run.get("seconds")]
@@ -467,9 +461,12 @@ def render_study_paper(study: Dict[str, Any]) -> str:
     whether the signs agree, what a run costs, and one sentence per choice."""
     paper = json.loads((REPO / PAPER_TABLES).read_text())
     baseline = study["variants"][0]["name"]
+    against = {d["variant"]: d for d in study["differences"] if d["against"] == baseline}
     base_minutes = _minutes(study, baseline)
     rows, sentences, wide = [], [], []
-    for name, place, paper_delta, diff, minutes in _paper_study_rows(study, paper):
+    for name in (variant["name"] for variant in study["variants"][1:]):
+        place, paper_delta = _paper_difference(paper, name)
+        diff, minutes = against.get(name), _minutes(study, name)
         cost = "—" if minutes is None else f"{minutes:.0f}" + (f" ({minutes / base_minutes:.2f}x)" if base_minutes else "")
         paper_cell = "—" if paper_delta is None else signed(paper_delta, 1)
         if not _paired_over_seeds(diff):  # no finished pair yet, or one seed
@@ -482,8 +479,7 @@ def render_study_paper(study: Dict[str, Any]) -> str:
         parts = (f"±{num(dec['training_half'])} / ±{num(dec['validation_half'])}"
                  + (f" / ±{num(dec['setup_half'])}" if dec.get("setup_half") else "")) if dec else "—"
         verdict = _sign_verdict(paper_delta, low, high)
-        per_seed = ", ".join(signed(ap["per_seed"][k]) for k in sorted(ap["per_seed"], key=int))
-        rows.append([name, place, paper_cell, f"{signed(ap['mean'])} ({per_seed})", parts,
+        rows.append([name, place, paper_cell, f"{signed(ap['mean'])} ({per_seed_deltas(ap)})", parts,
                      f"[{num(low)}, {num(high)}]", verdict,
                      str(dec["needed"]["1.0"]["seeds"]) if dec else "—", cost])
         if half > 1.0:
@@ -501,12 +497,13 @@ def render_study_paper(study: Dict[str, Any]) -> str:
         text += "\n\nWider than ±1.0 AP on a side: " + "; ".join(wide) + "."
     same_cost = _minutes(study, SAME_COST_AS_BASELINE)
     if same_cost and base_minutes:
+        ratio = same_cost / base_minutes
         text += (f"\n\nTiming noise: {SAME_COST_AS_BASELINE} computes exactly what {baseline} computes per step "
-                 f"(only its initialisation and attention scale differ), and its runs took {same_cost / base_minutes:.2f}x "
-                 f"as long: cost ratios between {min(same_cost / base_minutes, base_minutes / same_cost):.2f}x and "
-                 f"{max(same_cost / base_minutes, base_minutes / same_cost):.2f}x are within the timing noise of this study "
-                 f"(runs shared two cores with each other and, at times, with other work).")
-    return text + "\n\n" + _paper_defaults(study, baseline)
+                 f"(only its initialisation and attention scale differ), and its runs took {ratio:.2f}x "
+                 f"as long: cost ratios between {min(ratio, 1 / ratio):.2f}x and {max(ratio, 1 / ratio):.2f}x are "
+                 f"within the timing noise of this study (runs shared two cores with each other and, at times, "
+                 f"with other work).")
+    return text + "\n\n" + _paper_defaults(study, against)
 
 
 def _paper_sentence(name: str, baseline: str, place: str, paper_delta: Optional[float], mean: float,
@@ -527,11 +524,11 @@ def _paper_sentence(name: str, baseline: str, place: str, paper_delta: Optional[
     return f"{here[0].upper() + here[1:]} {measured}{theirs}."
 
 
-def _paper_defaults(study: Dict[str, Any], baseline: str) -> str:
+def _paper_defaults(study: Dict[str, Any], against: Dict[str, Dict[str, Any]]) -> str:
     """The defaults rule (STUDIES.md): a default changes only where the alternative's paired 95% interval
-    against the current default lies entirely above 0 (here the total interval too). RetinaNet is the
-    reference row, not an alternative; the rule waits until every variant has two seeds."""
-    against = {d["variant"]: d for d in study["differences"] if d["against"] == baseline}
+    against the current default (``against``: variant -> its difference record against the baseline) lies
+    entirely above 0 (here the total interval too). RetinaNet is the reference row, not an alternative;
+    the rule waits until every variant has two seeds."""
     pending = [v["name"] for v in study["variants"][1:] if not _paired_over_seeds(against.get(v["name"]))]
     if pending:
         return ("**The defaults, by the rule:** applied once every variant has two seeds; still without them: "
