@@ -87,6 +87,16 @@ def tiny_model(config: str = "common/models/dsanet.py", seed: int = 0, norm: str
     return instantiate(model)
 
 
+def detectron2_retinanet(seed: int = 0):
+    """detectron2's own RetinaNet class on the baseline config's network, narrowed like :func:`tiny_model`."""
+    from detectron2.modeling.meta_arch import RetinaNet
+
+    model = narrow_model_config(LazyConfig.load(str(CONFIGS / "common/models/retinanet.py")).model)
+    model._target_ = RetinaNet
+    torch.manual_seed(seed)
+    return instantiate(model)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

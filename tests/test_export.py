@@ -142,9 +142,7 @@ def test_the_retinanet_baseline_config_exports_and_a_foreign_detector_is_named(t
     """configs/COCO-Detection/retinanet_R_*.py (narrowed): its torch.export program gives eager's raw
     outputs and, through the model's post-processing, eager's detections. detectron2's own RetinaNet
     class, which says nothing of its outputs, is refused in one line that names the equivalent."""
-    from detectron2.modeling.meta_arch import RetinaNet
-
-    from conftest import make_inputs, tiny_model
+    from conftest import detectron2_retinanet, make_inputs, tiny_model
     from dsanet import export
     from dsanet.errors import UserInputError
 
@@ -163,9 +161,6 @@ def test_the_retinanet_baseline_config_exports_and_a_foreign_detector_is_named(t
     match = export.compare_detections(eager, exported)
     assert match["count"] > 0 and match["unmatched"] == 0 and match["max_score_diff"] <= 1e-5
 
-    from detectron2.config import LazyConfig, instantiate
-
-    foreign = LazyConfig.load(str(ROOT / "configs" / "common" / "models" / "retinanet.py")).model
-    foreign._target_ = RetinaNet  # detectron2's class on the same network: no head_outputs
+    foreign = detectron2_retinanet()  # detectron2's class on the same network: no head_outputs
     with pytest.raises(UserInputError, match="RetinaNet does not say what its head returns .*/retinanet_R_50_FPN_1x.py"):
-        export.output_names(instantiate(foreign))
+        export.output_names(foreign)

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.events import EventStorage
 
-from conftest import CONFIGS, DSA_VARIANTS, head_outputs_with_one_branch, make_inputs, narrow_model_config, tiny_model
+from conftest import DSA_VARIANTS, detectron2_retinanet, head_outputs_with_one_branch, make_inputs, tiny_model
 from dsanet.modeling import DSABlock, DSANet, SelfAttention2d, SpatialAttention2d, fuse_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -33,17 +33,6 @@ def assert_same_detections(a, b):
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor)
         torch.testing.assert_close(x.scores, y.scores)
         assert torch.equal(x.pred_classes, y.pred_classes)
-
-
-def detectron2_retinanet(seed: int = 0):
-    """detectron2's own RetinaNet class on the baseline config's (narrowed) network."""
-    from detectron2.config import LazyConfig, instantiate
-    from detectron2.modeling.meta_arch import RetinaNet
-
-    model = narrow_model_config(LazyConfig.load(str(CONFIGS / "common/models/retinanet.py")).model)
-    model._target_ = RetinaNet
-    torch.manual_seed(seed)
-    return instantiate(model)
 
 
 @pytest.mark.parametrize("config, head", [("common/models/dsanet.py", dict(dsa_levels=[], with_confidence=False)),
