@@ -89,8 +89,7 @@ def test_an_image_drawn_twice_counts_as_two_images(ground_truth, tmp_path):
 
 def test_the_paired_bootstrap_of_a_run_against_itself_is_exactly_zero(ground_truth):
     path, gt = ground_truth
-    summary, replicated = bootstrap_metrics(match_detections(str(path), noisy_detections(gt)))
-    run = ({m: summary[m]["value"] for m in ("AP", "AP50", "AP75")}, replicated)
+    run = bootstrap_metrics(match_detections(str(path), noisy_detections(gt)))
     paired = paired_bootstrap({0: run}, {0: run})
     for m in ("AP", "AP50", "AP75"):
         for part in (paired[m]["mean"], paired[m]["per_seed"][0]):
@@ -105,10 +104,7 @@ def test_removing_one_images_correct_detections_moves_the_difference_below_zero(
     # that image's detections of its objects go; its false positives (20 x 24 boxes) stay
     worse = [d for d in detections if d["image_id"] != crowded or d["bbox"][2:] == [20.0, 24.0]]
     assert len(worse) < len(detections)
-    runs = []
-    for dets in (worse, detections):
-        summary, replicated = bootstrap_metrics(match_detections(str(path), dets))
-        runs.append(({m: summary[m]["value"] for m in ("AP", "AP50", "AP75")}, replicated))
+    runs = [bootstrap_metrics(match_detections(str(path), dets)) for dets in (worse, detections)]
     paired = paired_bootstrap({0: runs[0]}, {0: runs[1]})["AP"]["per_seed"][0]
     assert paired["value"] < 0
     assert paired["ci_low"] < 0 and paired["ci_high"] <= 0  # no replicate finds the worse run better

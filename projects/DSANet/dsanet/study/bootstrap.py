@@ -130,10 +130,9 @@ def _mean_precision(true_pos: np.ndarray, false_pos: np.ndarray, images: np.ndar
     precision = tp_sum / (tp_sum + fp_sum + np.spacing(1))
     envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # best precision at or after
     # One searchsorted for all replicates: each row's recall (<= 1) is shifted by 2 x its row number.
-    rows = counts.shape[0]
-    offsets = 2.0 * np.arange(rows)
-    at = np.searchsorted((recall + offsets[:, None]).ravel(), (_RECALL_POINTS[None, :] + offsets[:, None]).ravel(),
-                         side="left").reshape(rows, -1) - (np.arange(rows) * num_tp)[:, None]
+    row = np.arange(counts.shape[0])[:, None]  # (B, 1)
+    at = np.searchsorted((recall + 2.0 * row).ravel(), (_RECALL_POINTS + 2.0 * row).ravel(),
+                         side="left").reshape(len(row), -1) - row * num_tp
     reached = at < num_tp  # recall points past the last true positive's recall count as precision 0
     picked = np.take_along_axis(envelope, np.minimum(at, num_tp - 1), axis=1)
     return np.where(reached, picked, 0.0).mean(axis=1)
@@ -195,16 +194,16 @@ def bootstrap_metrics(table: MatchTable, counts: Optional[np.ndarray] = None) ->
     return summary, replicated
 
 
-Replicated = Tuple[Dict[str, float], Dict[str, np.ndarray]]  # (metric -> value on all images, metric -> (B,))
+Replicated = Tuple[Dict, Dict[str, np.ndarray]]  # bootstrap_metrics() of a run: (its summary, metric -> (B,))
 
 
 def paired_bootstrap(variant: Mapping[int, Replicated], baseline: Mapping[int, Replicated]) -> Optional[Dict]:
     """The bootstrap of ``variant - baseline`` over validation images, per seed and for the mean over seeds.
 
     Args:
-        variant, baseline: seed -> (metrics on all images, their replicates), every run's replicates
-            drawn with the same counts (``resample_counts`` on the same images), so replicate b of
-            every run saw the same images.
+        variant, baseline: seed -> a run's :func:`bootstrap_metrics` (its summary and replicates), every
+            run's replicates drawn with the same counts (``resample_counts`` on the same images), so
+            replicate b of every run saw the same images.
 
     Returns:
         None when no seed is shared; else ``{"n", "replicates", metric: {"mean": {"value", "std",
@@ -218,9 +217,9 @@ def paired_bootstrap(variant: Mapping[int, Replicated], baseline: Mapping[int, R
         raise ValueError(f"the runs' bootstrap replicate counts differ ({sorted(sizes)}): not paired")
     result = {"n": len(seeds), "replicates": sizes.pop()}
     for m in BOOTSTRAP_METRICS:
-        per_seed = {s: {"value": variant[s][0][m] - baseline[s][0][m],
-                        **_spread(variant[s][1][m] - baseline[s][1][m])} for s in seeds}
-        mean_replicates = np.mean([variant[s][1][m] - baseline[s][1][m] for s in seeds], axis=0)
+        replicated = {s: variant[s][1][m] - baseline[s][1][m] for s in seeds}  # seed -> (B,)
+        per_seed = {s: {"value": variant[s][0][m]["value"] - baseline[s][0][m]["value"], **_spread(replicated[s])}
+                    for s in seeds}
         result[m] = {"mean": {"value": float(np.mean([p["value"] for p in per_seed.values()])),
-                              **_spread(mean_replicates)}, "per_seed": per_seed}
+                              **_spread(np.mean(list(replicated.values()), axis=0))}, "per_seed": per_seed}
     return result

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import atomic_write, write_json, write_text
-from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, paired_bootstrap
+from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, Replicated, paired_bootstrap
 from ..provenance import cpu_summary
 from .runner import Run
 from .stats import (CI_METHOD, DECOMPOSITION_METHOD, SETUP_METHOD, decompose_interval, mean_std, paired_difference,
@@ -134,15 +134,10 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
                      "seeds for ±1.0", "seeds for ±0.5", "images for ±0.5 (then seeds)"], rows)]
 
 
-def _replicated(finished: Sequence[Run]) -> Dict[int, Tuple[Dict[str, float], Dict]]:
-    """seed -> (metrics, bootstrap replicates) of a variant's finished runs that have them."""
-    out = {}
-    for r in finished:
-        if r.bootstrap:
-            replicates = r.replicates()
-            if replicates is not None:
-                out[r.seed] = ({m: r.bootstrap[m]["value"] for m in BOOTSTRAP_METRICS}, replicates)
-    return out
+def _replicated(finished: Sequence[Run]) -> Dict[int, Replicated]:
+    """seed -> (bootstrap summary, replicates) of a variant's finished runs that saved replicates."""
+    pairs = {r.seed: (r.bootstrap, r.replicates()) for r in finished if r.bootstrap}
+    return {seed: pair for seed, pair in pairs.items() if pair[1] is not None}
 
 
 @contextlib.contextmanager

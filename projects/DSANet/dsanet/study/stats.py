@@ -32,6 +32,11 @@ def t_quantile_975(df: int) -> float:
             + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
 
 
+def _t_half_width(sd: float, n: int) -> float:
+    """The half-width of the 95% t-interval of a mean of ``n`` values with sample std ``sd``; nan for n < 2."""
+    return t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
+
+
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
     """``{"mean", "std", "n"}``; std is the sample std (n-1), nan for fewer than two values."""
     n = len(values)
@@ -54,14 +59,13 @@ def paired_difference(variant: Dict[int, float], baseline: Dict[int, float]) -> 
         ``{"mean", "ci_low", "ci_high", "n", "per_seed"}`` (interval ends nan when n < 2), or None
         when no seed is shared.
     """
-    seeds = sorted(set(variant) & set(baseline))
-    diffs = [variant[s] - baseline[s] for s in seeds if not math.isnan(variant[s] - baseline[s])]
-    if not diffs:
+    per_seed = {s: variant[s] - baseline[s] for s in sorted(set(variant) & set(baseline))}
+    stats = mean_std([d for d in per_seed.values() if not math.isnan(d)])
+    if not stats["n"]:
         return None
-    stats = mean_std(diffs)
-    half = t_quantile_975(len(diffs) - 1) * stats["std"] / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    half = _t_half_width(stats["std"], stats["n"])
     return {"mean": stats["mean"], "ci_low": stats["mean"] - half, "ci_high": stats["mean"] + half,
-            "n": len(diffs), "per_seed": {s: variant[s] - baseline[s] for s in seeds}}
+            "n": stats["n"], "per_seed": per_seed}
 
 
 DECOMPOSITION_METHOD = (
@@ -80,10 +84,7 @@ def seeds_for_half_width(seed_sd: float, validation_half: float, target: float, 
     if math.isnan(seed_sd) or math.isnan(validation_half) or validation_half >= target:
         return None
     room = math.sqrt(target ** 2 - validation_half ** 2)
-    for n in range(2, limit + 1):
-        if t_quantile_975(n - 1) * seed_sd / math.sqrt(n) <= room:
-            return n
-    return None
+    return next((n for n in range(2, limit + 1) if _t_half_width(seed_sd, n) <= room), None)
 
 
 def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[Dict], num_images: int,
@@ -105,7 +106,7 @@ def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[D
         return None
     n, mean = t_interval["n"], t_interval["mean"]
     seed_sd = mean_std(list(t_interval["per_seed"].values()))["std"]
-    training = t_quantile_975(n - 1) * seed_sd / math.sqrt(n) if n > 1 else math.nan
+    training = _t_half_width(seed_sd, n)
     validation = _Z975 * bootstrap_of_mean["std"]
     setup_half = setup["half"] if setup else None
     total = math.sqrt(training ** 2 + validation ** 2 + (setup_half or 0.0) ** 2)
