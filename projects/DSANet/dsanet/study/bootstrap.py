@@ -8,10 +8,6 @@ repeated images (and takes seconds per call), so :func:`average_precision` accum
 weights, vectorised over replicates: the same AP as COCOeval to float precision (tests check it with
 every weight 1 and with an image repeated). All runs on one image set share the draws (one fixed
 seed), so a difference between two runs is paired: both are evaluated on the same resampled images.
-
-What is kept per run (see :mod:`.runner`): ``inference/coco_instances_results.json`` (detectron2's
-detections: everything needed to recompute) and ``inference/bootstrap_replicates.npz`` (each
-replicate's metrics, so a report pairs runs without matching again).
 """
 import contextlib
 import io

@@ -4,7 +4,6 @@ crashed one blocks nothing. An invocation first passes over the runs another one
 for each of them in turn and reads what it made."""
 import contextlib
 import fcntl
-import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -20,19 +19,16 @@ def holding(directory: Path, *, wait: bool, on_busy: Callable[[], None]) -> Iter
     ``on_busy()`` is called first; then with ``wait`` this blocks until the lock is free, without it
     yields False at once (nothing held)."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with open(directory / LOCK, "a") as lock:  # closing the file drops the lock
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = True
         except BlockingIOError:
             on_busy()
             held = wait
             if wait:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(lock, fcntl.LOCK_EX)
         yield held
-    finally:
-        os.close(fd)  # closing the file drops the lock
 
 
 def in_turn(items: Sequence[T], attempt: Callable[[int, T, bool], bool]) -> None:

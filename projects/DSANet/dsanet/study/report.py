@@ -32,17 +32,6 @@ def comparisons_for(variants: Sequence[Variant], extra: Sequence[Tuple[str, str]
     return list(dict.fromkeys(pairs))
 
 
-def _json_safe(value):
-    """nan -> None (null), so results.json is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _relative(path: Path, output: Path) -> str:
     """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
     return str(path.relative_to(output) if path.is_relative_to(output) else path)
@@ -300,7 +289,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
     }
-    write_json(output / "results.json", _json_safe(results))
+    # nan -> null, so results.json is strict JSON: json writes nan as the constant NaN, read back as None.
+    write_json(output / "results.json", json.loads(json.dumps(results, default=str), parse_constant=lambda _: None))
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "kept_iteration", "error"])

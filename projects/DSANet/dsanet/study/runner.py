@@ -1,8 +1,6 @@
 """The study's runs: every variant with every seed through train_net.py, each in its own folder
-``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others.
-
-Several invocations may work on one study folder at once (:mod:`.locks`): a run another invocation
-is making is left for later and read once that invocation has finished it."""
+``<output>/runs/<variant>/seed<k>``, resumable, one failure never stopping the others, several
+invocations sharing one study folder (:mod:`.locks`)."""
 import json
 import math
 import subprocess
@@ -27,8 +25,8 @@ __all__ = ["Run", "plan_runs", "read_study", "StudyRunner", "MARKER", "format_du
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
-DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/
-REPLICATES_FILE = "bootstrap_replicates.npz"  # each bootstrap replicate's AP, AP50, AP75 (inference/)
+DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/: kept
+REPLICATES_FILE = "bootstrap_replicates.npz"  # each replicate's AP, AP50, AP75 (inference/): reports pair them
 
 
 @dataclass
@@ -196,12 +194,11 @@ class StudyRunner:
 
     def import_finished(self, runs: Sequence[Run], variants: Sequence[Variant], results_file: Path) -> List[Run]:
         """Give each planned run without a marker that finished in an earlier study (``results_file``, kept
-        when its run folders were lost) with the same variant, seed and overrides a marker holding that
-        run's metrics, bootstrap summary, seconds, setup and ``imported_from``: it is read, not retrained.
-        Without its detections it adds nothing to the paired image bootstrap of differences (the report
-        says over how many seeds that was measured). Returns the runs given a marker."""
+        when its run folders were lost) a marker holding that run's metrics, bootstrap summary, seconds,
+        setup and ``imported_from``: it is read, not retrained, but without its detections adds nothing to
+        the paired image bootstrap of differences. Returns the runs given a marker."""
         imported, sources = [], {v.name: v for v in variants}
-        for run, record in self._matching_runs(runs, variants, results_file, "not imported"):
+        for run, record in self._matching_runs(runs, sources, results_file, "not imported"):
             marker = run.directory / MARKER
             if marker.is_file():
                 continue
@@ -219,15 +216,15 @@ class StudyRunner:
         "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run."""
         return [{"variant": run.variant.name, "seed": run.seed, "setup_name": name, "metrics": record["metrics"],
                  "setup": record.get("setup"), "from": str(results_file)}
-                for run, record in self._matching_runs(runs, variants, results_file, "no replicate")
+                for run, record in self._matching_runs(runs, {v.name: v for v in variants}, results_file,
+                                                       "no replicate")
                 if run.variant.trained]
 
-    def _matching_runs(self, runs: Sequence[Run], variants: Sequence[Variant], results_file: Path, skipped: str
+    def _matching_runs(self, runs: Sequence[Run], sources: Dict[str, Variant], results_file: Path, skipped: str
                        ) -> Iterator[Tuple[Run, Dict]]:
         """(planned run, its finished record in ``results_file``) for every run made there with the same
         variant, seed and model overrides; a run made there with other overrides is logged as ``skipped``."""
         _, records, earlier_overrides = read_study(results_file, self.config_file)
-        sources = {v.name: v for v in variants}
         for run in runs:
             record = records.get((run.variant.name, run.seed))
             if record is None:
@@ -329,7 +326,7 @@ class StudyRunner:
                 action = "training" if run.variant.trained else f"evaluating {run.variant.source}'s checkpoint"
                 self.log(f"{prefix}: {action} ... {self._eta(remaining)} ({run.directory})")
                 self._launch(run, overrides)
-                spread = run.bootstrap.get("AP", {}).get("std", math.nan) if run.bootstrap else math.nan
+                spread = run.bootstrap.get("AP", {}).get("std", math.nan)
                 outcome = (f"AP {run.metrics.get('AP', math.nan):.1f} (bootstrap std {spread:.2f}) "
                            f"in {format_duration(run.seconds)}" if run.ok else "")
             self.log(f"{prefix}: {outcome}" if run.ok else f"{prefix}: FAILED: {run.error}")
@@ -339,9 +336,8 @@ class StudyRunner:
                 after_each: Optional[Callable[[Sequence[Run]], None]] = None) -> List[Run]:
         """Run (or read) every run in order; returns them with status, metrics and errors filled in.
 
-        Runs that another invocation is making are passed over, then waited for and read at the end
-        (:func:`.locks.in_turn`). ``after_each(runs)`` is called after every run that was made now (e.g.
-        to rewrite the report, so a study stopped part-way still leaves its tables).
+        Runs that another invocation is making are read at the end (:func:`.locks.in_turn`).
+        ``after_each(runs)`` is called after every run made now (e.g. to rewrite the report).
         """
         sources = {v.name: v for v in variants}
         by_key = {(r.variant.name, r.seed): r for r in runs}
