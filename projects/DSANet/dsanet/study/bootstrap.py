@@ -143,9 +143,7 @@ def average_precision(table: MatchTable, counts: Optional[np.ndarray] = None) ->
     Returns:
         metric -> (B,) values; nan where no category has a ground-truth box in the replicate.
     """
-    if counts is None:
-        counts = np.ones((1, table.num_images), dtype=np.int64)
-    counts = np.asarray(counts, dtype=np.float64)
+    counts = np.ones((1, table.num_images)) if counts is None else np.asarray(counts, dtype=np.float64)
     num_thresholds = table.true_pos[0].shape[0] if table.true_pos else 10
     precision = np.full((counts.shape[0], num_thresholds, len(table.det_image)), np.nan)  # (B, T, K)
     for k, (images, tp, fp) in enumerate(zip(table.det_image, table.true_pos, table.false_pos)):

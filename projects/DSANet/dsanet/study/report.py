@@ -32,11 +32,6 @@ def comparisons_for(variants: Sequence[Variant], extra: Sequence[Tuple[str, str]
     return list(dict.fromkeys(pairs))
 
 
-def _relative(path: Path, output: Path) -> str:
-    """A run folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)."""
-    return str(path.relative_to(output) if path.is_relative_to(output) else path)
-
-
 def _fmt(x: float, digits: int = 1) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -207,15 +202,13 @@ def _setup_markdown(runs, replicates, spreads: Dict[str, Optional[Dict]], differ
     ``setup_spread``) and each difference moves between setups."""
     if not replicates:
         return []
-    elsewhere = {}
-    for rep in replicates:
-        elsewhere.setdefault((rep["variant"], rep["seed"]), []).append(rep)
     rows = []
     for r in runs:
-        if r.ok and (r.variant.name, r.seed) in elsewhere:
+        theirs = [rep for rep in replicates if (rep["variant"], rep["seed"]) == (r.variant.name, r.seed)]
+        if r.ok and theirs:
             rows.append([r.label, f"{THIS_STUDY}: {setup_label(r.setup)}", _fmt(r.metrics.get("AP"), 2)])
             rows += [[r.label, f"{rep['setup_name']}: {setup_label(rep['setup'])}", _fmt(rep["metrics"].get("AP"), 2)]
-                     for rep in elsewhere[(r.variant.name, r.seed)]]
+                     for rep in theirs]
     moved = [(f"{name} AP", spread) for name, spread in spreads.items() if spread]
     moved += [(f"{d['variant']} − {d['against']} ΔAP", d["setup"]) for d in differences if d.get("setup")]
     return ["", f"How far a result moves between setups. Method: {SETUP_METHOD}.", "",
@@ -258,7 +251,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
                  seeds: Sequence[int], runs: Sequence[Run], metrics: Sequence[str],
                  extra_comparisons: Sequence[Tuple[str, str]] = (), setup_replicates: Sequence[Dict] = (),
                  imported_differences: Sequence[Dict] = (), provenance: Optional[Dict] = None) -> Dict:
-    """Write results.json, results.csv, summary.md, ap.png and loss_curves.png into ``output``.
+    """Write results.json, results.csv, summary.md, ap.png and loss_curves.png into ``output``, the folder
+    of the ``runs`` (:func:`.runner.plan_runs`).
 
     ``setup_replicates`` (``StudyRunner.import_setup``) add each result's setup part; ``imported_differences``
     (an imported study's ``differences``) give a pair whose runs were all imported (no detections here)
@@ -278,9 +272,10 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
         "provenance": provenance,
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
+        # each run's folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)
         "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
-                  "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error,
-                  "kept_model": r.kept_model, "setup": r.setup, "directory": _relative(r.directory, output)}
+                  "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error, "kept_model": r.kept_model,
+                  "setup": r.setup, "directory": str(r.directory.relative_to(output))}
                  for r in runs],
         "setup_replicates": list(setup_replicates),
         "setup_spread": {name: setup_spread(groups) for name, groups in setup_groups.items()},
@@ -304,6 +299,6 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     write_text(output / "summary.md", "\n".join(
         _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread)
         + _setup_markdown(runs, setup_replicates, results["setup_spread"], differences)) + "\n")
-    _plot_ap(output / "ap.png", per_seed, sorted({r.seed for r in runs}))
+    _plot_ap(output / "ap.png", per_seed, list(seeds))
     _plot_losses(output / "loss_curves.png", variants, finished)
     return results

@@ -164,11 +164,10 @@ class StudyRunner:
 
     def overrides(self, run: Run, sources: Dict[str, Variant]) -> List[str]:
         """The run's overrides in order: common, the source's (evaluation-only), the variant's, the study's."""
-        variant = run.variant
-        own = _model_overrides(variant, sources, self.common_overrides)
+        own = _model_overrides(run.variant, sources, self.common_overrides)
         own += [f"train.output_dir={run.directory}", f"train.seed={run.seed}"]
-        if not variant.trained:  # the source's kept model when it kept one, else its last
-            source = run.directory.parent.parent / variant.source / f"seed{run.seed}"
+        if not run.variant.trained:  # the source's kept model when it kept one, else its last
+            source = run.directory.parent.parent / run.variant.source / f"seed{run.seed}"
             checkpoint = source / (BEST_WEIGHTS if read_best_record(source) else "model_final.pth")
             own.append(f"train.init_checkpoint={checkpoint}")
         return own
