@@ -162,8 +162,7 @@ def average_precision(table: MatchTable, counts: Optional[np.ndarray] = None) ->
 
 def resample_counts(num_images: int, replicates: int = REPLICATES, seed: int = RESAMPLE_SEED) -> np.ndarray:
     """(replicates, num_images): how often each image is drawn in each replicate (n draws with replacement)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=replicates)
+    return np.random.default_rng(seed).multinomial(num_images, np.full(num_images, 1.0 / num_images), size=replicates)
 
 
 def _spread(values: np.ndarray) -> Dict[str, float]:

@@ -25,11 +25,9 @@ THIS_STUDY = "this study"  # the setup name of the study's own runs, beside impo
 def comparisons_for(variants: Sequence[Variant], extra: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
     """Every variant against the baseline (the first), every evaluation-only variant against its
     source, then the ``extra`` pairs; each pair once."""
-    baseline = variants[0].name
-    pairs = [(v.name, baseline) for v in variants[1:]]
-    pairs += [(v.name, v.source) for v in variants if not v.trained and v.source != baseline]
-    pairs += list(extra)
-    return list(dict.fromkeys(pairs))
+    pairs = [(v.name, variants[0].name) for v in variants[1:]]
+    pairs += [(v.name, v.source) for v in variants if not v.trained]
+    return list(dict.fromkeys([*pairs, *extra]))
 
 
 def _fmt(x: float, digits: int = 1) -> str:

@@ -209,10 +209,9 @@ class StudyRunner:
 
     def import_setup(self, runs: Sequence[Run], variants: Sequence[Variant], name: str,
                      results_file: Path) -> List[Dict]:
-        """Another study's runs (``results_file``: the same config, trained on another processor or thread
-        count) that replicate planned trained runs (same variant, seed and overrides): not seeds of this
-        study, but how far a result moves between setups (the report's setup part). One ``{"variant",
-        "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run."""
+        """Another study's runs (``results_file``, trained on another processor or thread count) that
+        replicate planned trained runs: how far a result moves between setups (the report's setup part),
+        not seeds. One ``{"variant", "seed", "setup_name", "metrics", "setup", "from"}`` per replicated run."""
         return [{"variant": run.variant.name, "seed": run.seed, "setup_name": name, "metrics": record["metrics"],
                  "setup": record.get("setup"), "from": str(results_file)}
                 for run, record in self._matching_runs(runs, {v.name: v for v in variants}, results_file,
@@ -254,8 +253,7 @@ class StudyRunner:
     def _add_bootstrap(self, run: Run, overrides: List[str]) -> None:
         """Set ``run.bootstrap`` to the image-level bootstrap of its detections (``bootstrap_metrics`` plus
         ``matches_evaluator``: whether the AP recomputed from them is the evaluator's, else the ground
-        truths differ) and save the replicates beside them; a run without detections or ground truth
-        has none (logged)."""
+        truths differ) and save the replicates beside them; without detections or ground truth, none."""
         inference = run.directory / "inference"
         if not (inference / DETECTIONS).is_file():
             self.log(f"{run.label}: no {DETECTIONS} in {inference}: no bootstrap")
