@@ -287,12 +287,11 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["variant", "seed", "status", *metrics, "AP_bootstrap_std", "seconds", "kept_iteration", "error"])
-    for r in runs:
-        writer.writerow([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
-                         r.bootstrap["AP"]["std"] if r.bootstrap else "",
-                         "" if math.isnan(r.seconds) else round(r.seconds, 1),
-                         (r.kept_model or {}).get("iteration", ""),
-                         r.error.splitlines()[-1] if r.error else ""])
+    writer.writerows([r.variant.name, r.seed, r.status, *(r.metrics.get(m, "") for m in metrics),
+                      r.bootstrap["AP"]["std"] if r.bootstrap else "",
+                      "" if math.isnan(r.seconds) else round(r.seconds, 1),
+                      (r.kept_model or {}).get("iteration", ""),
+                      r.error.splitlines()[-1] if r.error else ""] for r in runs)
     write_text(output / "results.csv", table.getvalue())
     write_text(output / "summary.md", "\n".join(
         _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread)

@@ -177,8 +177,7 @@ class StudyRunner:
         command = [sys.executable, str(self.train_net), "--config-file", self.config_file,
                    "--num-gpus", str(self.num_gpus), *flags, *overrides]
         with open(log_file, "a") as f:
-            f.write("$ " + " ".join(command) + "\n")
-            f.flush()
+            print("$", *command, file=f, flush=True)
             return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=self.env).returncode
 
     def _eta(self, remaining: Sequence[Run]) -> str:
@@ -198,13 +197,11 @@ class StudyRunner:
         the paired image bootstrap of differences. Returns the runs given a marker."""
         imported, sources = [], {v.name: v for v in variants}
         for run, record in self._matching_runs(runs, sources, results_file, "not imported"):
-            marker = run.directory / MARKER
-            if marker.is_file():
-                continue
-            write_json(marker, self._marker(run, self.overrides(run, sources), record["metrics"],
-                                            record.get("bootstrap") or {}, record.get("seconds"),
-                                            imported_from=str(results_file), setup=record.get("setup")))
-            imported.append(run)
+            if not (run.directory / MARKER).is_file():
+                write_json(run.directory / MARKER, self._marker(
+                    run, self.overrides(run, sources), record["metrics"], record.get("bootstrap") or {},
+                    record.get("seconds"), imported_from=str(results_file), setup=record.get("setup")))
+                imported.append(run)
         return imported
 
     def import_setup(self, runs: Sequence[Run], variants: Sequence[Variant], name: str,
