@@ -61,15 +61,12 @@ def match_detections(gt_json: str, detections: Sequence[dict]) -> MatchTable:
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = COCO(str(gt_json))
-        image_ids = np.array(sorted(coco_gt.getImgIds()))
-        cat_ids = sorted(coco_gt.getCatIds())
         coco_dt = coco_gt.loadRes(list(detections)) if detections else COCO()
-        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-        coco_eval.params.imgIds = image_ids.tolist()
-        coco_eval.params.catIds = cat_ids
+        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")  # over the ground truth's image and category ids, sorted
         coco_eval.params.areaRng, coco_eval.params.areaRngLbl = [[0, 1e10]], ["all"]
         coco_eval.params.maxDets = [100]
         coco_eval.evaluate()
+    image_ids, cat_ids = np.array(coco_eval.params.imgIds), coco_eval.params.catIds
     num_images, num_thresholds = len(image_ids), len(coco_eval.params.iouThrs)
     det_image, true_pos, false_pos = [], [], []
     gt_count = np.zeros((len(cat_ids), num_images), dtype=np.int64)

@@ -118,8 +118,8 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
 
 def _replicated(finished: Sequence[Run]) -> Dict[int, Replicated]:
     """seed -> (bootstrap summary, replicates) of a variant's finished runs that saved replicates."""
-    pairs = {r.seed: (r.bootstrap, r.replicates()) for r in finished if r.bootstrap}
-    return {seed: pair for seed, pair in pairs.items() if pair[1] is not None}
+    saved = {r.seed: (r.bootstrap, r.replicates()) for r in finished if r.bootstrap}
+    return {seed: (summary, replicates) for seed, (summary, replicates) in saved.items() if replicates is not None}
 
 
 @contextlib.contextmanager
@@ -235,9 +235,8 @@ def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_c
         a, b = setup_groups[name], setup_groups[against]  # seed -> {setup: AP}; the difference on each setup
         difference["setup"] = setup_spread({s: {k: a[s][k] - b[s][k] for k in a[s].keys() & b[s].keys()}
                                             for s in a.keys() & b.keys()})
+        # Imported runs have no replicates: the validation part may then cover fewer seeds (said in the table).
         if paired and difference["AP"]:
-            # Runs imported without detections (compare_variants.py --import-results) have no replicates:
-            # the validation part is then measured over fewer seeds than the training part (said in the table).
             parts = decompose_interval(difference["AP"], paired["AP"]["mean"], run_spread[name]["num_images"],
                                        setup=difference["setup"])
             difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}

@@ -25,8 +25,8 @@ __all__ = ["Run", "plan_runs", "read_study", "StudyRunner", "MARKER", "format_du
 
 MARKER = "study_run.json"  # written once a run has finished and been evaluated: a resume reads it
 LOG = "study_log.txt"  # train_net.py's stdout and stderr for the run
-DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/: kept
-REPLICATES_FILE = "bootstrap_replicates.npz"  # each replicate's AP, AP50, AP75 (inference/): reports pair them
+DETECTIONS = "coco_instances_results.json"  # detectron2's COCOEvaluator writes it into inference/ (kept)
+REPLICATES_FILE = "bootstrap_replicates.npz"  # each replicate's AP, AP50, AP75 (inference/): reports pair runs
 
 
 @dataclass
