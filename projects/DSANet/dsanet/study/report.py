@@ -233,8 +233,8 @@ def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_c
                            d.get("against") == against and (d.get("AP") or {}).get("n") == difference["AP"]["n"]), None)
         difference["bootstrap"] = paired
         a, b = setup_groups[name], setup_groups[against]  # seed -> {setup: AP}; the difference on each setup
-        difference["setup"] = setup_spread({s: {k: a[s][k] - b[s][k] for k in a[s].keys() & b[s].keys()}
-                                            for s in a.keys() & b.keys()})
+        difference["setup"] = setup_spread({s: {k: a[s][k] - b[s][k] for k in sorted(a[s].keys() & b[s].keys())}
+                                            for s in sorted(a.keys() & b.keys())})  # sorted: sums in one order
         # Imported runs have no replicates: the validation part may then cover fewer seeds (said in the table).
         if paired and difference["AP"]:
             parts = decompose_interval(difference["AP"], paired["AP"]["mean"], run_spread[name]["num_images"],
