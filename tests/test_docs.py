@@ -408,7 +408,8 @@ def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule
     assert rows["after_towers"].count("| yes |") == 1  # both below 0
     assert "| no paper number |" in rows["authors_code_scale_init"]
     assert "Does attending P3 at full resolution help here? No, it hurts" in text
-    assert "the interval lies entirely above 0 for shared_branch; the default moves to it" in text
+    assert "the interval lies entirely above 0 for shared_branch, so by the rule it is to replace DSANet" in text
+    assert "The COCO configs keep the paper's choice" in text
 
     study["differences"].pop()  # the last variant has no pair yet: the rule waits for it
     assert "applied once every variant has two seeds" in render_docs.render_study_paper(study)
