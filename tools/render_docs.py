@@ -510,9 +510,9 @@ def _paper_sentence(name: str, baseline: str, place: str, paper_delta: Optional[
                     low: float, high: float, seeds: int) -> str:
     """One plain sentence on what a row shows."""
     if low > 0:
-        here = f"{name} is better than {baseline} on the embedded benchmark"
+        here = f"on the embedded benchmark, {name} is better than {baseline}"  # a variant's name keeps its case
     elif high < 0:
-        here = f"{name} is worse than {baseline} on the embedded benchmark"
+        here = f"on the embedded benchmark, {name} is worse than {baseline}"
     else:
         here = f"the embedded benchmark does not tell {name} from {baseline}"
     measured = f"({signed(mean)} AP, 95% interval [{num(low)}, {num(high)}], {seeds} seeds)"
