@@ -71,17 +71,17 @@ study-paper: setup
 	$(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_study_cpu.py \
 	    --seeds $(PAPER_STUDY_SEEDS) --output $(PAPER_STUDY_OUT) $(PAPER_STUDY_FLAGS) \
 	    --variant 'dsanet: model.head.with_confidence=False' \
-	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
-	    --variant 'self_p3_p7_full_resolution: model.head.with_confidence=False model.head.dsa_levels=[p3,p4,p5,p6,p7]' \
-	    --variant 'p3_half_k1: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},1,$(P3_HALF))}' \
-	    --variant 'p3_half_k3: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},3,$(P3_HALF))}' \
-	    --variant 'cbam_p3_p7: model.head.with_confidence=False model.head.dsa_levels={p3:cbam,p4:cbam,p5:cbam,p6:cbam,p7:cbam}' \
-	    --variant 'shared_branch: model.head.with_confidence=False model.head.dsa_shared=True' \
-	    --variant 'after_towers: model.head.with_confidence=False model.head.dsa_location=after' \
-	    --variant 'gamma_fixed_1: model.head.with_confidence=False model.head.dsa_learn_gamma=False' \
 	    --variant 'dsanet_star_p3_half_k1: model.head.with_confidence=False model.backbone._target_=dsanet.modeling.FPNWithoutTopDown model.head.dsa_levels={$(subst {k},1,$(P3_HALF))}' \
+	    --variant 'p3_half_k3: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},3,$(P3_HALF))}' \
+	    --variant 'after_towers: model.head.with_confidence=False model.head.dsa_location=after' \
 	    --variant 'authors_code_scale_init: model.head.with_confidence=False model.head.dsa_qk_scale=channels model.head.dsa_conv_init=xavier' \
-	    --compare self_p3_p7_full_resolution:retinanet
+	    --variant 'p3_half_k1: model.head.with_confidence=False model.head.dsa_levels={$(subst {k},1,$(P3_HALF))}' \
+	    --variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' \
+	    --variant 'shared_branch: model.head.with_confidence=False model.head.dsa_shared=True' \
+	    --variant 'gamma_fixed_1: model.head.with_confidence=False model.head.dsa_learn_gamma=False' \
+	    --variant 'self_p3_p7_full_resolution: model.head.with_confidence=False model.head.dsa_levels=[p3,p4,p5,p6,p7]' \
+	    --variant 'cbam_p3_p7: model.head.with_confidence=False model.head.dsa_levels={p3:cbam,p4:cbam,p5:cbam,p6:cbam,p7:cbam}' \
+	    --compare self_p3_p7_full_resolution:retinanet --compare dsanet_star_p3_half_k1:p3_half_k1
 
 # On a CUDA machine: does the project work there, and what does it cost (about 5 minutes; see
 # projects/DSANet/docs/GPU.md). Without CUDA it says so and fails.
