@@ -376,9 +376,23 @@ def test_captions_state_command_machine_and_date():
     line = render_docs.caption([("benchmarks/results/x.json", record)], REPO / "benchmarks" / "README.md", REPO)
     machine = record["provenance"]["machine"]
     assert "`python benchmarks/speed.py --output out`" in line and record["provenance"]["date"] in line
-    assert cpu_summary(machine["cpu"]) in line and f"{machine['torch_threads']} torch threads" in line
+    assert cpu_summary(machine["cpu"]) in line and render_docs._threads(machine["torch_threads"]) in line
     assert "](results/x.json)" in line
     assert "machine not recorded" in render_docs.caption([("a.json", {})], REPO / "README.md", REPO)
+
+
+def test_a_study_caption_names_the_setup_its_runs_trained_on():
+    """The invocation that writes a study's report may use other threads than its runs (--threads 1)."""
+    from dsanet.provenance import provenance
+
+    invocation = provenance("python tools/compare_variants.py")
+    one_thread = {"machine": {**invocation["machine"], "torch_threads": 1}}
+    study = {"provenance": {**invocation, "machine": {**invocation["machine"], "torch_threads": 2}},
+             "runs": [{"variant": "a", "seed": s, "setup": one_thread} for s in (0, 1)]}
+    line = render_docs.caption([("r.json", study)], REPO / "README.md", REPO)
+    assert "machine of every run: " in line and "1 torch thread;" in line and "2 torch threads" not in line
+    study["runs"][1]["setup"] = {"machine": {**invocation["machine"], "torch_threads": 2}}
+    assert "runs on 2 setups" in render_docs.caption([("r.json", study)], REPO / "README.md", REPO)
 
 
 def _paper_study(differences: Dict[str, Tuple[float, float, float]]) -> dict:
@@ -408,8 +422,19 @@ def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule
     assert rows["after_towers"].count("| yes |") == 1  # both below 0
     assert "| no paper number |" in rows["authors_code_scale_init"]
     assert "Does attending P3 at full resolution help here? No, it hurts" in text
-    assert "the interval lies entirely above 0 for shared_branch, so by the rule it is to replace DSANet" in text
+    # The rule weighs a change against a config's default: DSANet-Conf in the Demo configs, not trained here.
+    assert "no default changes yet. The interval lies entirely above 0 for shared_branch, but against DSANet " \
+           "without confidence" in text
     assert "The COCO configs keep the paper's choice" in text
+    assert "none changes" in render_docs.render_study_paper(_paper_study(
+        {name: (0.5, -0.1, 1.1) for name in paper["variants"]}))
+
+    # A pair between two variants (--compare) gets its own sentence, its name's case kept.
+    study["differences"].append({"variant": "dsanet_star_p3_half_k1", "against": "p3_half_k1", "AP": {
+        "mean": 5.0, "ci_low": 2.0, "ci_high": 8.0, "n": 3, "per_seed": {}}})
+    assert "- On the embedded benchmark, dsanet_star_p3_half_k1 is better than p3_half_k1 (+5.00 AP, 95% " \
+           "interval [2.00, 8.00], 3 seeds)." in render_docs.render_study_paper(study)
+    study["differences"].pop()
 
     study["differences"].pop()  # the last variant has no pair yet: the rule waits for it
     assert "applied once every variant has two seeds" in render_docs.render_study_paper(study)
