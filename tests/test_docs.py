@@ -56,6 +56,7 @@ def docs_copy(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(page, target)
     shutil.copytree(REPO / "benchmarks" / "results", tmp_path / "benchmarks" / "results", dirs_exist_ok=True)
+    shutil.copy(REPO / render_docs.PAPER_TABLES, tmp_path / render_docs.PAPER_TABLES)
     return tmp_path
 
 
@@ -438,3 +439,23 @@ def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule
 
     study["differences"].pop()  # the last variant has no pair yet: the rule waits for it
     assert "applied once every variant has two seeds" in render_docs.render_study_paper(study)
+
+
+def test_every_coco_and_ablation_config_is_listed_beside_the_papers_row():
+    """The README's COCO table and the model page's ablation table are rendered from the paper's numbers
+    as quoted in benchmarks/paper_coco.json: every config there exists, every one of the folders is
+    listed, and every quoted row is one of the paper's tables."""
+    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
+    for group, folder in (("coco", "COCO-Detection"), ("ablations", "Ablations")):
+        listed = {c["path"] for entry in paper["configs"][group] for c in entry["configs"]}
+        assert listed == {str(p.relative_to(REPO)) for p in (REPO / "configs" / folder).glob("*.py")}, group
+        for entry in paper["configs"][group]:
+            assert entry.get("rows") or entry.get("note"), entry
+            for quoted in entry.get("rows", []):
+                assert 0 < render_docs.paper_ap(paper, quoted["table"], quoted["row"]) < 1
+    rendered = render_docs.block_text("paper_coco_configs", REPO / "README.md", REPO)
+    assert "| [dsanet_conf_R_50_FPN_1x](configs/COCO-Detection/dsanet_conf_R_50_FPN_1x.py) | " \
+           "Table 6, DSANet-Conf(50_x) | 36.3 |" in rendered
+    assert "quoted from Wu, Chen, Ma, Zhang, Li" in rendered
+    nested = render_docs.block_text("paper_ablation_configs", REPO / "projects" / "DSANet" / "README.md", REPO)
+    assert "](../../configs/Ablations/dsanet_gamma1_R_50_FPN_1x.py) | Table 4, DSANet(gamma=1) | 35.5 |" in nested

@@ -114,6 +114,9 @@ def caption(sources: Sequence[Tuple[str, Dict[str, Any]]], page: Path, root: Pat
     for path, data in sources:
         prov = data.get("provenance") or {}
         link = os.path.relpath(root / path, page.parent).replace(os.sep, "/")
+        if data.get("quoted_from"):  # another work's numbers: where they are printed
+            lines.append(f"Source: [`{path}`]({link}), quoted from {data['quoted_from']}.")
+            continue
         command = f"`{prov['command']}`" if prov.get("command") else "command not recorded"
         date = prov.get("date") or "date not recorded"
         if prov.get("recorded_after_the_run"):
@@ -434,16 +437,37 @@ def render_reproduction(study: Dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- tables: the paper's design choices
-PAPER_TABLES = "benchmarks/paper_coco_ablations.json"  # the paper's COCO numbers, quoted as printed
+PAPER_TABLES = "benchmarks/paper_coco.json"  # the paper's COCO numbers, quoted as printed
+REPO_LINK = "<repo>/"  # a link target from the repository root; block_text makes it relative to its page
+
+
+def paper_ap(paper: Dict[str, Any], table_number: int, row: str) -> float:
+    """The paper's AP (a fraction of 1) in row ``row`` of its Table ``table_number``."""
+    return paper["tables"][str(table_number)][row]
+
+
+def _paper_configs(group: str) -> Callable[[Dict[str, Any]], str]:
+    """A renderer of the configs of ``group`` in benchmarks/paper_coco.json beside the paper's row and AP."""
+    def render(paper: Dict[str, Any]) -> str:
+        rows = []
+        for entry in paper["configs"][group]:
+            links = " / ".join(f"[{c.get('label') or Path(c['path']).stem}]({REPO_LINK}{c['path']})"
+                               for c in entry["configs"])
+            quoted = entry.get("rows") or []
+            rows.append([links, " / ".join(f"Table {q['table']}, {q['row']}" for q in quoted) or entry["note"],
+                         " / ".join(f"{100 * paper_ap(paper, q['table'], q['row']):.1f}" for q in quoted) or "—"])
+        return table(["config", "paper row", "paper AP"], rows)
+    return render
 SAME_COST_AS_BASELINE = "authors_code_scale_init"  # DSANet's computation with another init and scale
 
 
 def _paper_difference(paper: Dict[str, Any], name: str) -> Tuple[str, Optional[float]]:
     """(where in the paper, its COCO ΔAP x 100 against DSANet or None) for variant ``name``."""
-    row = paper["variants"][name]
-    if row.get("AP") is None:
+    row, baseline = paper["variants"][name], paper["baseline"]
+    if "row" not in row:
         return row["note"], None
-    return f"Table {row['table']}, {row['row']}", 100 * (row["AP"] - paper["baseline"]["AP"])
+    return (f"Table {row['table']}, {row['row']}",
+            100 * (paper_ap(paper, row["table"], row["row"]) - paper_ap(paper, baseline["table"], baseline["row"])))
 
 
 def _paired_over_seeds(diff: Optional[Dict[str, Any]]) -> bool:
@@ -611,7 +635,14 @@ TABLES: Dict[str, Table] = {
     "reproduction": Table(("study_setup/results.json",), render_reproduction),
     "study_small_custom": Table(("study_small_custom/results.json",), render_study_small_custom),
     "study_paper": Table(("study_paper/results.json",), render_study_paper),
+    "paper_coco_configs": Table((f"../{Path(PAPER_TABLES).name}",), _paper_configs("coco")),
+    "paper_ablation_configs": Table((f"../{Path(PAPER_TABLES).name}",), _paper_configs("ablations")),
 }
+
+
+def source_path(relative: str) -> str:
+    """A table source's path from the repository root (sources are named from benchmarks/results/)."""
+    return os.path.normpath(f"{RESULTS}/{relative}").replace(os.sep, "/")
 
 
 # ---------------------------------------------------------------- pages
@@ -631,12 +662,14 @@ def block_text(name: str, page: Path, root: Path) -> str:
     spec = TABLES[name]
     sources = []
     for relative in spec.sources:
-        path = f"{RESULTS}/{relative}"
+        path = source_path(relative)
         try:
             sources.append((path, json.loads((root / path).read_text())))
         except (OSError, ValueError) as error:
             raise SystemExit(f"error: table '{name}' on {page}: cannot read {path}: {error}")
-    return spec.render(*(data for _, data in sources)) + "\n\n" + caption(sources, page, root) + "\n"
+    rendered = spec.render(*(data for _, data in sources))
+    rendered = rendered.replace(f"]({REPO_LINK}", "](" + os.path.relpath(root, page.parent).replace(os.sep, "/") + "/")
+    return rendered.replace("](./", "](") + "\n\n" + caption(sources, page, root) + "\n"
 
 
 def process(root: Path, check: bool) -> List[str]:
@@ -654,7 +687,7 @@ def process(root: Path, check: bool) -> List[str]:
                                                                    lineterm="", n=0)
                              if line[:1] in "+-" and line[:3] not in ("+++", "---")), "")
                 problems.append(f"{page.relative_to(root)}: table '{match.group(2)}' differs from "
-                                f"{', '.join(RESULTS + '/' + s for s in TABLES[match.group(2)].sources)} "
+                                f"{', '.join(source_path(s) for s in TABLES[match.group(2)].sources)} "
                                 f"(first differing line: {diff.strip()[:160]})")
             return match.group(1) + wanted + match.group(4)
 
