@@ -599,8 +599,31 @@ def _paper_defaults(study: Dict[str, Any], against: Dict[str, Dict[str, Any]]) -
     return ("**The defaults, by the rule:** no default changes yet. The interval lies entirely above 0 for "
             + ", ".join(above) + ", but against DSANet without confidence, which no config of this benchmark "
             "has as its default: the Demo configs (`configs/Demo/`) build DSANet-Conf, so the difference the rule "
-            "asks for is the same choice with confidence minus DSANet-Conf, measured by the study below. "
+            "asks for is the same choice with confidence minus DSANet-Conf ([the rule's question]"
+            "(#the-rules-question-dsanet-against-the-demo-default), below). "
             "The COCO configs keep the paper's choice: this benchmark does not measure COCO.")
+
+
+DEMO_STAR_CONFIG = "configs/Demo/dsanet_star_conf_synthetic_cpu.py"  # what `make demo` trains when the rule moves it
+
+
+def render_study_default(study: Dict[str, Any]) -> str:
+    """The rule's own question on the embedded benchmark: the study's second variant against its first,
+    the Demo configs' default; the table of :func:`render_study` and the rule's verdict."""
+    default, alternative = (variant["name"] for variant in study["variants"][:2])
+    diff = next((d for d in study["differences"] if (d["variant"], d["against"]) == (alternative, default)), None)
+    text = render_study(study) + "\n\n**The defaults, by the rule:** "
+    if not _paired_over_seeds(diff):
+        return text + "applied once both models have two seeds."
+    low, high = _total_interval(diff)
+    measured = _measured(diff["AP"]["mean"], low, high, diff["AP"]["n"])
+    if low <= 0:
+        return text + (f"the Demo default stays {default}: the interval of {alternative} minus {default} {measured} "
+                       "does not lie entirely above 0.")
+    return text + (f"the interval of {alternative} minus {default} {measured} lies entirely above 0, so `make demo` "
+                   f"trains {alternative} (`{DEMO_STAR_CONFIG}`). The study configs keep {default}, the model every "
+                   "kept study on these pages is measured against, and the COCO configs keep the paper's choice: "
+                   "this benchmark does not measure COCO.")
 
 
 class Table(NamedTuple):
