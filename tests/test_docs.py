@@ -434,7 +434,8 @@ def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule
     study["differences"].append({"variant": "dsanet_star_p3_half_k1", "against": "p3_half_k1", "AP": {
         "mean": 5.0, "ci_low": 2.0, "ci_high": 8.0, "n": 3, "per_seed": {}}})
     assert "- On the embedded benchmark, dsanet_star_p3_half_k1 is better than p3_half_k1 (+5.00 AP, 95% " \
-           "interval [2.00, 8.00], 3 seeds)." in render_docs.render_study_paper(study)
+           "interval [2.00, 8.00], 3 seeds); the paper's COCO difference is -2.7 AP (Table 5, DSANet*(3-7), " \
+           "kernel 1*1 minus Table 5, DSANet(3-7), kernel 1*1)." in render_docs.render_study_paper(study)
     study["differences"].pop()
 
     study["differences"].pop()  # the last variant has no pair yet: the rule waits for it

@@ -528,9 +528,8 @@ def render_study_paper(study: Dict[str, Any]) -> str:
               "seeds for ±1.0", f"minutes per run (x {baseline})"]
     text = table(header, rows)
     # The study's other pairs (--compare), e.g. one difference between two variants isolated.
-    sentences += [_capitalized(f"{_verdict(d['variant'], d['against'], *_total_interval(d))} "
-                               f"{_measured(d['AP']['mean'], *_total_interval(d), d['AP']['n'])}.")
-                  for d in study["differences"] if d["against"] != baseline and _paired_over_seeds(d)]
+    sentences += [_pair_sentence(paper, d) for d in study["differences"]
+                  if d["against"] != baseline and _paired_over_seeds(d)]
     if sentences:
         text += "\n\n" + "\n".join(f"- {sentence}" for sentence in sentences)
     if wide:
@@ -579,6 +578,18 @@ def _paper_sentence(name: str, baseline: str, place: str, paper_delta: Optional[
     theirs = "; the paper does not report it" if paper_delta is None else \
         f"; the paper's COCO difference is {signed(paper_delta, 1)} AP ({place})"
     return _capitalized(f"{here} {measured}{theirs}.")
+
+
+def _pair_sentence(paper: Dict[str, Any], diff: Dict[str, Any]) -> str:
+    """One sentence on a pair of variants (``--compare``), with the paper's difference between their rows
+    where it prints both."""
+    name, against = diff["variant"], diff["against"]
+    (place, delta), (other_place, other_delta) = (_paper_difference(paper, v) for v in (name, against))
+    theirs = "" if delta is None or other_delta is None else \
+        f"; the paper's COCO difference is {signed(delta - other_delta, 1)} AP ({place} minus {other_place})"
+    low, high = _total_interval(diff)
+    return _capitalized(f"{_verdict(name, against, low, high)} {_measured(diff['AP']['mean'], low, high, diff['AP']['n'])}"
+                        f"{theirs}.")
 
 
 def _paper_defaults(study: Dict[str, Any], against: Dict[str, Dict[str, Any]]) -> str:
