@@ -669,6 +669,7 @@ TABLES: Dict[str, Table] = {
     "reproduction": Table(("study_setup/results.json",), render_reproduction),
     "study_small_custom": Table(("study_small_custom/results.json",), render_study_small_custom),
     "study_paper": Table(("study_paper/results.json",), render_study_paper),
+    "study_default": Table(("study_default/results.json",), render_study_default),
     "paper_coco_configs": Table((f"../{Path(PAPER_TABLES).name}",), _paper_configs("coco")),
     "paper_ablation_configs": Table((f"../{Path(PAPER_TABLES).name}",), _paper_configs("ablations")),
 }
