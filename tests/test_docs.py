@@ -460,3 +460,20 @@ def test_every_coco_and_ablation_config_is_listed_beside_the_papers_row():
     assert "quoted from Wu, Chen, Ma, Zhang, Li" in rendered
     nested = render_docs.block_text("paper_ablation_configs", REPO / "projects" / "DSANet" / "README.md", REPO)
     assert "](../../configs/Ablations/dsanet_gamma1_R_50_FPN_1x.py) | Table 4, DSANet(gamma=1) | 35.5 |" in nested
+
+
+def test_make_demo_trains_what_the_defaults_rule_picked():
+    """`make demo` trains DSANet*-Conf only while the kept rule study puts it entirely above DSANet-Conf;
+    the verdict reads the total interval, and waits for two seeds."""
+    study = json.loads((REPO / "benchmarks/results/study_default/results.json").read_text())
+    diff = next(d for d in study["differences"] if d["against"] == study["variants"][0]["name"])
+    fires = render_docs._total_interval(diff)[0] > 0
+    demo = re.search(r"^demo:.*\n\t\S+ train_net.py --config-file (\S+)", (REPO / "Makefile").read_text(), re.M)
+    assert (demo.group(1) == render_docs.DEMO_STAR_CONFIG) == fires
+    assert ("so `make demo` trains" in render_docs.render_study_default(study)) == fires
+    held = json.loads(json.dumps(study))
+    held_diff = next(d for d in held["differences"] if d["against"] == "dsanet_conf")
+    held_diff["decomposition"]["total_low"] = -0.1
+    assert "the Demo default stays dsanet_conf" in render_docs.render_study_default(held)
+    held_diff["AP"]["n"] = 1
+    assert "applied once both models have two seeds" in render_docs.render_study_default(held)
