@@ -439,6 +439,7 @@ def render_reproduction(study: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------- tables: the paper's design choices
 PAPER_TABLES = "benchmarks/paper_coco.json"  # the paper's COCO numbers, quoted as printed
 REPO_LINK = "<repo>/"  # a link target from the repository root; block_text makes it relative to its page
+SAME_COST_AS_BASELINE = "authors_code_scale_init"  # DSANet's computation with another init and scale
 
 
 def paper_ap(paper: Dict[str, Any], table_number: int, row: str) -> float:
@@ -458,7 +459,6 @@ def _paper_configs(group: str) -> Callable[[Dict[str, Any]], str]:
                          " / ".join(f"{100 * paper_ap(paper, q['table'], q['row']):.1f}" for q in quoted) or "—"])
         return table(["config", "paper row", "paper AP"], rows)
     return render
-SAME_COST_AS_BASELINE = "authors_code_scale_init"  # DSANet's computation with another init and scale
 
 
 def _paper_difference(paper: Dict[str, Any], name: str) -> Tuple[str, Optional[float]]:
@@ -702,9 +702,10 @@ def block_text(name: str, page: Path, root: Path) -> str:
             sources.append((path, json.loads((root / path).read_text())))
         except (OSError, ValueError) as error:
             raise SystemExit(f"error: table '{name}' on {page}: cannot read {path}: {error}")
-    rendered = spec.render(*(data for _, data in sources))
-    rendered = rendered.replace(f"]({REPO_LINK}", "](" + os.path.relpath(root, page.parent).replace(os.sep, "/") + "/")
-    return rendered.replace("](./", "](") + "\n\n" + caption(sources, page, root) + "\n"
+    to_root = os.path.relpath(root, page.parent).replace(os.sep, "/")
+    rendered = spec.render(*(data for _, data in sources)).replace(
+        f"]({REPO_LINK}", "](" + ("" if to_root == "." else to_root + "/"))
+    return rendered + "\n\n" + caption(sources, page, root) + "\n"
 
 
 def process(root: Path, check: bool) -> List[str]:
