@@ -21,7 +21,9 @@ import logging
 import sys
 from typing import List, Optional
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -33,7 +35,7 @@ from dsanet.data import check_num_classes, dataset_fingerprints, register_datase
 from dsanet.engine import do_test, do_train, load_weights, make_checkpointer
 from dsanet.errors import UserInputError, one_line
 from dsanet.launch import launch
-from dsanet.provenance import record_invocation
+from dsanet_lab.provenance import record_invocation
 from dsanet.schedule import EpochSchedule, resolve_epoch_schedule
 
 logger = logging.getLogger("dsanet")
@@ -57,7 +59,7 @@ def main(args) -> None:
     default_setup(cfg, args)
     # default_setup sets up detectron2's and fvcore's loggers; ours goes to the same console and log.txt.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="dsanet", abbrev_name="dsanet")
-    if comm.is_main_process():  # what the results of this output folder depend on (dsanet.provenance)
+    if comm.is_main_process():  # what the results of this output folder depend on (dsanet_lab.provenance)
         record_invocation(cfg.train.output_dir, world_size=comm.get_world_size(), eval_only=args.eval_only,
                           data=dataset_fingerprints(cfg, ("test",) if args.eval_only else ("train", "test")))
     if not args.eval_only and cfg.train.get("epoch_schedule"):

@@ -5,4 +5,6 @@ Each script runs as a module from the repository root (``python -m benchmarks.<n
 writes ``summary.json``. The shared pieces: :mod:`.models` (what is measured), :mod:`.timing`,
 :mod:`.memory`, :mod:`.machine` (what it was measured on) and :mod:`.cli` (options and tables).
 """
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims before any detectron2 import)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning

@@ -4,7 +4,7 @@
         --sizes 100,500,1000,2000 --output output/bench/bootstrap_sizes.json
 
 For each N, the first N images of the ground truth (and their detections) are evaluated as a split of
-their own, and the image-level bootstrap (dsanet.study.bootstrap) gives the std of AP, AP50 and AP75.
+their own, and the image-level bootstrap (dsanet_lab.study.bootstrap) gives the std of AP, AP50 and AP75.
 """
 import argparse
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.fileio import write_json
-from dsanet.provenance import provenance
-from dsanet.study.bootstrap import bootstrap_metrics, match_detections
+from dsanet_lab.provenance import provenance
+from dsanet_lab.study.bootstrap import bootstrap_metrics, match_detections
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 fp32 and bf16, `train.amp.enabled=True`), each study made by `tools/compare_variants.py`.
 
 For every pair of variants, per seed both studies have: AP of each, the difference (second - first)
-and its paired t-interval over seeds (`dsanet.study.stats.paired_difference`), and the median
+and its paired t-interval over seeds (`dsanet_lab.study.stats.paired_difference`), and the median
 seconds per run. The difference between two variants within each study (e.g. DSANet-Conf -
 RetinaNet under fp32 and under bf16) is in each study's own report; this script answers whether
 the second way of training moves a variant's AP, and what it saves in time.
@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from benchmarks.cli import format_table
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.fileio import write_json
-from dsanet.provenance import provenance
-from dsanet.study.stats import CI_METHOD, paired_difference
+from dsanet_lab.provenance import provenance
+from dsanet_lab.study.stats import CI_METHOD, paired_difference
 
 METRICS = ("AP", "AP50", "AP75")
 

@@ -21,7 +21,9 @@ import os
 import sys
 from typing import Iterator, List, Tuple
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 import numpy as np
 from tqdm import tqdm
 

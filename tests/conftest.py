@@ -5,7 +5,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from pathlib import Path
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims before detectron2 imports)
+import dsanet
+
+dsanet.silence_internal_warnings()  # as the commands do
 import pytest
 import torch
 from detectron2.config import LazyCall as L

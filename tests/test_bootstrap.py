@@ -1,4 +1,4 @@
-"""The image-level bootstrap of COCO AP (dsanet.study.bootstrap), against pycocotools on real
+"""The image-level bootstrap of COCO AP (dsanet_lab.study.bootstrap), against pycocotools on real
 synthetic ground truth and detections derived from it."""
 import contextlib
 import copy
@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from dsanet.data import ensure_synthetic_dataset
-from dsanet.study.bootstrap import (average_precision, bootstrap_metrics, match_detections, paired_bootstrap,
+from dsanet_lab.study.bootstrap import (average_precision, bootstrap_metrics, match_detections, paired_bootstrap,
                                     resample_counts)
 
 

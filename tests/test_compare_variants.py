@@ -11,9 +11,9 @@ import pytest
 
 from dsanet.data import ensure_synthetic_dataset
 from dsanet.errors import UserInputError
-from dsanet.study import StudyRunner, paired_difference, parse_eval_variant, parse_variant, plan_runs, t_quantile_975
-from dsanet.study.runner import MARKER
-from dsanet.study import stats
+from dsanet_lab.study import StudyRunner, paired_difference, parse_eval_variant, parse_variant, plan_runs, t_quantile_975
+from dsanet_lab.study.runner import MARKER
+from dsanet_lab.study import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "compare_variants.py"
@@ -146,7 +146,7 @@ def test_an_interim_report_holds_a_run_that_another_invocation_finished(study, t
     import shutil
     import threading
 
-    from dsanet.study.locks import LOCK
+    from dsanet_lab.study.locks import LOCK
 
     finished = study["output"] / "runs" / "dsanet_conf" / "seed0"
     target = tmp_path / "runs" / "b" / "seed0"

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from dsanet.provenance import CPU_FLAGS, command_line, cpu_summary, provenance
+from dsanet_lab.provenance import CPU_FLAGS, command_line, cpu_summary, provenance
 
 
 def test_provenance_records_command_date_and_machine():
@@ -33,7 +33,7 @@ def test_cpu_summary_names_model_and_present_flags_only():
 
 
 def test_record_invocation_appends_one_entry_per_invocation(tmp_path):
-    from dsanet.provenance import record_invocation
+    from dsanet_lab.provenance import record_invocation
 
     record_invocation(str(tmp_path), world_size=1)
     path = record_invocation(str(tmp_path), world_size=2)
@@ -46,7 +46,7 @@ def test_cpu_flags_come_from_cpuinfo_else_lscpu_and_are_never_assumed(monkeypatc
     import subprocess
     from pathlib import Path
 
-    from dsanet.provenance import cpu_record
+    from dsanet_lab.provenance import cpu_record
 
     real_read_text = Path.read_text
 
@@ -73,7 +73,7 @@ def test_a_module_run_with_dash_m_is_recorded_as_one():
     import sys
     from pathlib import Path
 
-    code = "import sys; from dsanet.provenance import command_line; print(command_line())"
+    code = "import sys; from dsanet_lab.provenance import command_line; print(command_line())"
     # json.tool stands in for any module: run it the way `python -m benchmarks.speed` runs, via runpy.
     result = subprocess.run([sys.executable, "-c", f"import runpy, sys; sys.argv = ['x', '--quick']; "
                              f"sys.modules['__main__'].__spec__ = __import__('importlib.util').util.find_spec("
@@ -86,7 +86,7 @@ def test_code_version_is_the_checkout_commit_and_none_outside_git(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from dsanet.provenance import code_version
+    from dsanet_lab.provenance import code_version
 
     package = Path(__file__).resolve().parents[1] / "projects" / "DSANet" / "dsanet"
     head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True)

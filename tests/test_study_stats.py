@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from dsanet.study.stats import decompose_interval, paired_difference, setup_spread
+from dsanet_lab.study.stats import decompose_interval, paired_difference, setup_spread
 
 
 def test_setup_spread_pools_deviations_within_groups_only():

@@ -12,7 +12,9 @@ are the centres of the top detections. Points are (x, y) pixels of the input ima
 import argparse
 import os
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 import numpy as np
 import torch
 from detectron2.data.detection_utils import read_image

@@ -29,13 +29,15 @@ import argparse
 import os
 from pathlib import Path
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.evaluation import PAPER_METRICS
-from dsanet.provenance import provenance
-from dsanet.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
-from dsanet.study.runner import read_study
-from dsanet.study.variants import check_variants
+from dsanet_lab.provenance import provenance
+from dsanet_lab.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
+from dsanet_lab.study.runner import read_study
+from dsanet_lab.study.variants import check_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 

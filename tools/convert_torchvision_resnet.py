@@ -18,7 +18,9 @@ import re
 import sys
 from typing import Dict
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 import numpy as np
 import torch
 

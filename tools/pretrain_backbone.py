@@ -18,7 +18,9 @@ import logging
 import os
 from pathlib import Path
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 import torch
 from detectron2.config import instantiate
 from detectron2.engine import default_writers, hooks

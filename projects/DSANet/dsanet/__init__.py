@@ -1,9 +1,14 @@
-"""DSANet: Decoupled Self Attention for one-stage object detection, on Detectron2's RetinaNet."""
-from .internal_warnings import silence_internal_warnings
+"""DSANet: Decoupled Self Attention for one-stage object detection, on Detectron2's RetinaNet.
 
-silence_internal_warnings()  # before detectron2 imports fvcore, which warns at import
-from . import compat  # noqa: E402
+Importing it changes nothing in the process beyond the version shims that the installed detectron2
+needs (:func:`dsanet.compat.applied_shims` lists them; none on detectron2 main) and installs no
+warning filter. Commands quiet torch's, fvcore's and detectron2's internal warnings with
+:func:`silence_internal_warnings`, which a user's own script may call too.
+"""
+from . import compat
+from .internal_warnings import silence_internal_warnings
 
 compat.apply()  # before anything imports detectron2.layers
 
 __version__ = "0.1.0"
+__all__ = ["silence_internal_warnings", "__version__"]

@@ -4,8 +4,9 @@ are silenced, so that every command of the project prints only what its user can
 Each entry matches one warning by category, message and the module Python attributes it to
 (the ``module`` of :func:`warnings.filterwarnings`), never a whole category: a warning that a
 user's input, config or own code causes elsewhere still shows. ``DSANET_ALL_WARNINGS=1`` in the
-environment keeps every warning.
+environment keeps every warning. Importing :mod:`dsanet` installs none of these filters.
 """
+import contextlib
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ from typing import Tuple, Type
 
 import torch
 
-__all__ = ["INTERNAL_WARNINGS", "INTERNAL_LOG_WARNINGS", "silence_internal_warnings"]
+__all__ = ["INTERNAL_WARNINGS", "INTERNAL_LOG_WARNINGS", "silence_internal_warnings", "quiet_internal_warnings"]
 
 # (category, message regex, module regex), each with where it comes from.
 INTERNAL_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
@@ -52,13 +53,35 @@ class _DropMessages(logging.Filter):
         return not self.pattern.match(record.getMessage())
 
 
-def silence_internal_warnings() -> None:
-    """Install the filters of :data:`INTERNAL_WARNINGS` and :data:`INTERNAL_LOG_WARNINGS` (unless
-    ``DSANET_ALL_WARNINGS=1``); idempotent."""
-    if os.environ.get("DSANET_ALL_WARNINGS") == "1":
-        return
+def _ignore_internal_warnings() -> None:
     for category, message, module in INTERNAL_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextlib.contextmanager
+def quiet_internal_warnings():
+    """Within the block, :data:`INTERNAL_WARNINGS` are ignored. After it exactly the filters it added
+    are taken out again, so the filters are as before (and any that an import inside added stay)."""
+    added = []
+    if os.environ.get("DSANET_ALL_WARNINGS") != "1":
+        for category, message, module in INTERNAL_WARNINGS:
+            before = list(warnings.filters)
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+            added += [entry for entry in warnings.filters if entry not in before]
+    try:
+        yield
+    finally:
+        for entry in added:
+            if entry in warnings.filters:
+                warnings.filters.remove(entry)
+
+
+def silence_internal_warnings() -> None:
+    """Install the filters of :data:`INTERNAL_WARNINGS` and :data:`INTERNAL_LOG_WARNINGS` for the rest
+    of the process (unless ``DSANET_ALL_WARNINGS=1``); idempotent. The project's commands call it first."""
+    if os.environ.get("DSANET_ALL_WARNINGS") == "1":
+        return
+    _ignore_internal_warnings()
     for name, message in INTERNAL_LOG_WARNINGS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) and f.pattern.pattern == message for f in logger.filters):

@@ -12,11 +12,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..best_checkpoint import BEST_WEIGHTS, read_best_record
-from ..config import load_config
-from ..errors import UserInputError
-from ..evaluation import RESULTS_FILE
-from ..fileio import atomic_write, write_json
+from dsanet.best_checkpoint import BEST_WEIGHTS, read_best_record
+from dsanet.config import load_config
+from dsanet.errors import UserInputError
+from dsanet.evaluation import RESULTS_FILE
+from dsanet.fileio import atomic_write, write_json
 from ..provenance import read_invocations
 from . import bootstrap, locks
 from .variants import Variant
@@ -81,7 +81,7 @@ class Run:
 def ground_truth_file(config_file: str, overrides: Sequence[str]) -> Optional[str]:
     """The COCO json that a run's evaluation reads (registering its dataset), or None if none is known."""
     from detectron2.data import MetadataCatalog
-    from ..data import register_datasets_for
+    from dsanet.data import register_datasets_for
 
     cfg = load_config(config_file, overrides)
     register_datasets_for(cfg, ("test",))

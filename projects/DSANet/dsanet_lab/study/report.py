@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..fileio import atomic_write, write_json, write_text
+from dsanet.fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, Replicated, paired_bootstrap
 from ..provenance import cpu_summary
 from .runner import Run

@@ -5,7 +5,7 @@ import shlex
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..errors import UserInputError
+from dsanet.errors import UserInputError
 
 __all__ = ["Variant", "parse_variant", "parse_eval_variant", "parse_comparison", "check_variants"]
 

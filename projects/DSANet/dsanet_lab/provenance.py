@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .fileio import write_json
+from dsanet.fileio import write_json
 
 # CPU flags that decide how fast fp32 and bf16 run (AVX-512, native bf16 dot products, AMX tiles).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
