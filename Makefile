@@ -35,7 +35,7 @@ test: setup
 
 DEMO_OUT := output/demo
 demo: setup
-	$(PY) train_net.py --config-file configs/Demo/dsanet_star_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
+	$(PY) train_net.py --config-file configs/Demo/dsanet_conf_synthetic_cpu.py train.output_dir=$(DEMO_OUT)
 	$(PY) tools/visualize_predictions.py --config-file $(DEMO_OUT)/config.yaml --weights $(DEMO_OUT)/model_final.pth --output $(DEMO_OUT)/predictions --num-images 8
 
 # `make bench BENCH_FLAGS=--quick`: every benchmark at a small image size, a smoke run of a few minutes.

@@ -1,7 +1,8 @@
-"""The docs stay true: rendered tables match their JSON, pages speak of the project alone, and every
-documented command names files, make targets and flags that exist; links and anchors resolve."""
+"""The docs stay true to the data: every rendered table agrees with its results files, every link and
+anchor resolves, every documented command names scripts, make targets and flags that exist, and the
+pages speak of the project alone. The renderers (``dsanet_lab.pages``) show what the files hold: no
+variant name, no decision and no Makefile lives in their code."""
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -14,17 +15,13 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
+from dsanet_lab import pages
+from dsanet_lab.pages import captions, paper
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_renderer():
-    spec = importlib.util.spec_from_file_location("render_docs", REPO / "tools" / "render_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_docs = _load_renderer()
+PAGES_PACKAGE = REPO / "projects" / "DSANet" / "dsanet_lab" / "pages"
+RENDER_TOOL = REPO / "tools" / "render_docs.py"
+RESULTS = REPO / "benchmarks" / "results"
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,18 +31,46 @@ def tracked_markdown() -> Tuple[Path, ...]:
         names = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True,
                                check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
-        return tuple(render_docs.pages(REPO))
-    return tuple(REPO / name for name in names)
+        return tuple(pages.pages(REPO))
+    return tuple(REPO / name for name in names if (REPO / name).exists())
 
 
-# ---------------------------------------------------------------- rendered tables
-def test_every_rendered_table_agrees_with_its_json():
-    assert render_docs.process(REPO, check=True) == []
+def docs_pages() -> Tuple[Path, ...]:
+    """The pages people read: tracked markdown outside the kept results (a study's summary.md is a
+    measurement, written by the tool that made it)."""
+    return tuple(page for page in tracked_markdown() if RESULTS not in page.parents)
 
 
-def test_pages_render_tables():
-    rendered = {match.group(2) for page in tracked_markdown() for match in render_docs.BLOCK.finditer(page.read_text())}
-    assert rendered == set(render_docs.TABLES), "every known table is shown on some page, and no unknown one"
+FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.S | re.M)
+RENDERED = re.compile(r"<!-- render: [\w.-]+ -->.*?<!-- /render -->", re.S)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def prose(text: str, keep_rendered: bool = True) -> str:
+    """A page's text without fenced code blocks and inline code (and without rendered blocks unless
+    ``keep_rendered``); line numbers are kept by blanking what is dropped."""
+    blank = lambda match: "\n" * match.group(0).count("\n")  # noqa: E731
+    text = FENCE.sub(blank, text)
+    if not keep_rendered:
+        text = RENDERED.sub(blank, text)
+    return INLINE_CODE.sub("", text)
+
+
+# ---------------------------------------------------------------- rendered tables agree with their files
+def test_every_rendered_table_agrees_with_its_results_files():
+    """What ``tools/render_docs.py --check`` checks, in-process."""
+    assert pages.process(REPO, check=True) == []
+
+
+def test_every_registered_table_is_on_a_page_and_every_marker_is_registered():
+    rendered = {match.group(2) for page in tracked_markdown() for match in pages.BLOCK.finditer(page.read_text())}
+    assert rendered == set(pages.TABLES)
+
+
+def test_every_registered_file_exists():
+    for name, spec in pages.TABLES.items():
+        for relative in spec.sources + spec.inputs:
+            assert (REPO / pages.source_path(relative)).is_file(), (name, relative)
 
 
 @pytest.fixture
@@ -55,52 +80,232 @@ def docs_copy(tmp_path):
         target = tmp_path / page.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(page, target)
-    shutil.copytree(REPO / "benchmarks" / "results", tmp_path / "benchmarks" / "results", dirs_exist_ok=True)
-    shutil.copy(REPO / render_docs.PAPER_TABLES, tmp_path / render_docs.PAPER_TABLES)
+    shutil.copytree(RESULTS, tmp_path / "benchmarks" / "results", dirs_exist_ok=True)
+    shutil.copy(REPO / paper.PAPER_TABLES, tmp_path / paper.PAPER_TABLES)
     return tmp_path
 
 
-def _check(root: Path) -> str:
-    """The --check report for ``root``: one line per disagreeing table (empty when all agree)."""
-    return "\n".join(render_docs.process(root, check=True))
+def _table_lines(body: str, page_text: str) -> List[str]:
+    """The table rows of a block that hold a digit and appear once on the page (not a shared header)."""
+    return [line for line in body.splitlines()
+            if line.startswith("| ") and re.search(r"\d", line) and page_text.count(line) == 1]
 
 
-def test_check_fails_naming_the_table_when_a_page_number_is_edited(docs_copy):
-    assert _check(docs_copy) == ""
-    page = docs_copy / "benchmarks" / "README.md"
-    text = page.read_text()
-    edited = text.replace("| P3 | 100x167 | blockwise | fwd+bwd | 240.96 |", "| P3 | 100x167 | blockwise | fwd+bwd | 240.97 |")
-    assert edited != text
-    page.write_text(edited)
-    report = _check(docs_copy)
-    assert "benchmarks/README.md: table 'attention'" in report
-    assert "table 'speed_fp32'" not in report
+def _first_table_line(text: str, name: str) -> str:
+    """The first table row of block ``name`` on a page that holds a digit and is unique on the page."""
+    return _table_lines(next(m.group(3) for m in pages.BLOCK.finditer(text) if m.group(2) == name), text)[0]
 
 
-def test_check_fails_naming_the_table_when_a_json_number_is_edited(docs_copy):
+def _bump_a_digit(line: str) -> str:
+    """``line`` with its last digit changed."""
+    position = max(i for i, char in enumerate(line) if char.isdigit())
+    return line[:position] + str((int(line[position]) + 1) % 10) + line[position + 1:]
+
+
+def test_check_names_the_table_whose_page_number_was_edited(docs_copy):
+    """On every page with tables: a digit edited in its first table is reported, naming that table alone."""
+    assert pages.process(docs_copy, check=True) == []
+    for page in tracked_markdown():
+        copy = docs_copy / page.relative_to(REPO)
+        text = copy.read_text()
+        name = next((m.group(2) for m in pages.BLOCK.finditer(text) if _table_lines(m.group(3), text)), None)
+        if name is None:
+            continue
+        line = _first_table_line(text, name)
+        copy.write_text(text.replace(line, _bump_a_digit(line), 1))
+        report = pages.process(docs_copy, check=True)
+        assert len(report) == 1 and report[0].startswith(f"{page.relative_to(REPO)}: table '{name}'"), report
+        copy.write_text(text)
+
+
+def test_check_names_the_tables_of_an_edited_results_file(docs_copy):
     path = docs_copy / "benchmarks" / "results" / "study_fcos" / "results.json"
     data = json.loads(path.read_text())
     data["differences"][0]["AP"]["mean"] += 0.01
     path.write_text(json.dumps(data, indent=2))
-    report = _check(docs_copy)
-    assert "table 'study_fcos'" in report
-    assert "table 'study_benchmark'" not in report
+    named = {name for name, spec in pages.TABLES.items() if "study_fcos/results.json" in spec.sources}
+    report = pages.process(docs_copy, check=True)
+    assert {re.search(r"table '([\w.-]+)'", line).group(1) for line in report} == named
 
 
-def test_render_restores_an_edited_page(docs_copy):
+def test_the_command_restores_an_edited_page(docs_copy):
     page = docs_copy / "projects" / "DSANet" / "docs" / "STUDIES.md"
-    page.write_text(page.read_text().replace("+1.46, +1.50, +1.50", "+1.46, +1.50, +1.99"))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "projects" / "DSANet"))
-    tool = [sys.executable, str(REPO / "tools" / "render_docs.py"), "--root", str(docs_copy)]
+    original = page.read_text()
+    line = _first_table_line(original, "study_benchmark_3seeds")
+    page.write_text(original.replace(line, _bump_a_digit(line), 1))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tool = [sys.executable, str(RENDER_TOOL), "--root", str(docs_copy)]
     result = subprocess.run(tool + ["--check"], capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "STUDIES.md: table 'study_benchmark_3seeds'" in result.stdout
     subprocess.run(tool, check=True, capture_output=True, env=env)
-    assert _check(docs_copy) == ""
-    assert "+1.46, +1.50, +1.50" in page.read_text()
+    assert subprocess.run(tool + ["--check"], capture_output=True, env=env).returncode == 0
+    assert page.read_text() == original
 
 
-# ---------------------------------------------------------------- the docs speak of the project alone
+def test_an_unknown_marker_is_an_error(docs_copy):
+    page = docs_copy / "README.md"
+    page.write_text(page.read_text() + "\n<!-- render: no_such_table -->\n<!-- /render -->\n")
+    result = subprocess.run([sys.executable, str(RENDER_TOOL), "--root", str(docs_copy), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "no_such_table" in result.stderr
+
+
+# ---------------------------------------------------------------- the renderers decide nothing
+def _variant_names() -> Set[str]:
+    """Every variant name of every kept study, and every variant the paper file maps to a row."""
+    names = set(json.loads((REPO / paper.PAPER_TABLES).read_text())["variants"])
+    for path in RESULTS.rglob("*.json"):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            names |= {variant["name"] for variant in data.get("variants") or []}
+            names |= {name for row in data.get("rows") or [] if isinstance(row, dict)
+                      for name in (row.get("first"), row.get("second")) if isinstance(name, str)}
+    return names
+
+
+def _renderer_code() -> Dict[str, str]:
+    files = sorted(PAGES_PACKAGE.glob("*.py")) + [RENDER_TOOL]
+    return {str(path.relative_to(REPO)): path.read_text() for path in files}
+
+
+def test_renderers_name_no_variant_and_read_no_makefile():
+    names = _variant_names()
+    assert {"dsanet", "retinanet", "dsanet_conf"} <= names
+    for path, code in _renderer_code().items():
+        literals = set(re.findall(r"""["']([\w.-]+)["']""", code))
+        assert literals & names == set(), f"{path} names variants: {sorted(literals & names)}"
+        assert "Makefile" not in code, f"{path} reads the Makefile"
+        assert not re.search(r"\brule\b|\bdemo\b", code, re.I), f"{path} speaks of a rule or of the demo"
+
+
+def _paper_study(differences: Dict[str, Tuple[float, float, float]], extra=()) -> dict:
+    """A study whose first variant is the paper's baseline model, and ``{variant: (mean, low, high)}``
+    against it over two seeds; ``extra`` adds (variant, against, mean, low, high) pairs."""
+    def record(name, against, mean, low, high):
+        return {"variant": name, "against": against,
+                "AP": {"mean": mean, "ci_low": low, "ci_high": high, "n": 2, "per_seed": {"0": mean, "1": mean}},
+                "decomposition": {"training_half": 0.1, "validation_half": 0.2, "total_half": (high - low) / 2,
+                                  "total_low": low, "total_high": high, "needed": {"1.0": {"seeds": 2}}}}
+
+    names = ["baseline_model", *differences]
+    diffs = [record(name, "baseline_model", *values) for name, values in differences.items()]
+    diffs += [record(*pair) for pair in extra]
+    return {"variants": [{"name": n} for n in names], "differences": diffs,
+            "runs": [{"variant": n, "seed": s, "metrics": {"AP": 1.0}, "seconds": 600.0} for n in names for s in (0, 1)]}
+
+
+def _rows(text: str) -> Dict[str, List[str]]:
+    return {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                           for line in text.splitlines() if line.startswith("| "))}
+
+
+def test_the_paper_study_shows_each_difference_beside_the_papers_from_the_data():
+    """Each row holds the paper's difference for its row in the paper file and the measured interval;
+    the sign column compares the two; every pair of the study's own (``--compare``) gets a line."""
+    quoted = json.loads((REPO / paper.PAPER_TABLES).read_text())
+    rows_of = {name: entry for name, entry in quoted["variants"].items()}
+    measured = {name: ((-0.5, -0.9, -0.1) if i % 2 else (0.8, 0.2, 1.4)) for i, name in enumerate(rows_of)}
+    first, second = list(rows_of)[:2]
+    study = _paper_study(measured, extra=[(first, second, 5.0, 2.0, 8.0)])
+    text = paper.study_paper(study, quoted)
+    table = _rows(text)
+    for name, (mean, low, high) in measured.items():
+        place, delta = paper.paper_difference(quoted, name)
+        row = table[name]
+        assert row[1] == place and row[5] == f"[{low:.2f}, {high:.2f}]"
+        assert row[6] == paper.sign_agreement(delta, low, high)
+        if delta is not None:
+            assert row[2] == f"{delta:+.1f}" and row[6] == ("yes" if (low > 0) == (delta > 0) else "no")
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(bullets) == len(measured) + 1
+    assert first in bullets[-1] and second in bullets[-1] and "+5.00" in bullets[-1]
+    assert not re.search(r"\brule\b|\bdefault", text)
+
+
+def test_a_difference_waits_for_two_seeds():
+    quoted = json.loads((REPO / paper.PAPER_TABLES).read_text())
+    name = next(iter(quoted["variants"]))
+    study = _paper_study({name: (1.0, 0.5, 1.5)})
+    study["differences"][0]["AP"]["n"] = 1
+    row = _rows(paper.study_paper(study, quoted))[name]
+    assert row[3] == "+1.00 (1 seed)" and row[5] == "—"
+
+
+def test_a_recipe_study_compares_with_its_own_first_variant():
+    """The reference column of the recipe table is the study's first variant, whatever its name."""
+    data = json.loads((RESULTS / "study_small_custom" / "results.json").read_text())
+    data = json.loads(json.dumps(data).replace('"old_recipe"', '"reference_x"'))
+    text = pages.TABLES["study_small_custom"].render(data)
+    assert "ΔAP vs reference_x" in text and "old_recipe" not in text
+
+
+# ---------------------------------------------------------------- captions
+def test_captions_state_command_machine_and_date():
+    from dsanet_lab.provenance import cpu_summary, provenance
+
+    record = {"provenance": provenance("python benchmarks/speed.py --output out")}
+    line = captions.caption([("benchmarks/results/x.json", record)], REPO / "benchmarks" / "README.md", REPO)
+    machine = record["provenance"]["machine"]
+    assert "`python benchmarks/speed.py --output out`" in line and record["provenance"]["date"] in line
+    assert cpu_summary(machine["cpu"]) in line and captions.threads(machine["torch_threads"]) in line
+    assert "](results/x.json)" in line
+    assert "machine not recorded" in captions.caption([("a.json", {})], REPO / "README.md", REPO)
+
+
+def test_a_study_caption_names_the_setup_its_runs_trained_on():
+    """The invocation that writes a study's report may use other threads than its runs (--threads 1)."""
+    from dsanet_lab.provenance import provenance
+
+    invocation = provenance("python tools/compare_variants.py")
+    one_thread = {"machine": {**invocation["machine"], "torch_threads": 1}}
+    study = {"provenance": {**invocation, "machine": {**invocation["machine"], "torch_threads": 2}},
+             "runs": [{"variant": "a", "seed": s, "setup": one_thread} for s in (0, 1)]}
+    line = captions.caption([("r.json", study)], REPO / "README.md", REPO)
+    assert "machine of every run: " in line and "1 torch thread;" in line and "2 torch threads" not in line
+    study["runs"][1]["setup"] = {"machine": {**invocation["machine"], "torch_threads": 2}}
+    assert "runs on 2 setups" in captions.caption([("r.json", study)], REPO / "README.md", REPO)
+
+
+# ---------------------------------------------------------------- the paper's rows
+def test_every_coco_and_ablation_config_is_listed_beside_the_papers_row():
+    """Every config of configs/COCO-Detection and configs/Ablations is in the paper file, every quoted row
+    is one of the paper's tables, and each rendered row links its configs from its page and shows the
+    quoted AP."""
+    quoted = json.loads((REPO / paper.PAPER_TABLES).read_text())
+    for group, folder, page in (("coco", "COCO-Detection", REPO / "README.md"),
+                                ("ablations", "Ablations", REPO / "projects" / "DSANet" / "README.md")):
+        listed = {c["path"] for entry in quoted["configs"][group] for c in entry["configs"]}
+        assert listed == {str(p.relative_to(REPO)) for p in (REPO / "configs" / folder).glob("*.py")}, group
+        rendered = pages.block_text(f"paper_{'coco' if group == 'coco' else 'ablation'}_configs", page, REPO)
+        for entry in quoted["configs"][group]:
+            assert entry.get("rows") or entry.get("note"), entry
+            line = next(line for line in rendered.splitlines()
+                        if f"({os.path.relpath(REPO / entry['configs'][0]['path'], page.parent)})" in line)
+            for row in entry.get("rows", []):
+                ap = paper.paper_ap(quoted, row["table"], row["row"])
+                assert 0 < ap < 1 and f"{100 * ap:.1f}" in line and row["row"] in line
+        assert quoted["quoted_from"] in rendered
+
+
+def test_every_paper_row_the_study_maps_to_exists():
+    quoted = json.loads((REPO / paper.PAPER_TABLES).read_text())
+    for entry in [quoted["baseline"], *quoted["variants"].values()]:
+        assert "note" in entry or 0 < paper.paper_ap(quoted, entry["table"], entry["row"]) < 1, entry
+
+
+# ---------------------------------------------------------------- the pages speak of the project alone
+# Words that date a page: what changed, what was before, who measured when. Matched in prose only
+# (fenced code, inline code, variant names such as `old_recipe` are names, not history).
 HISTORY = [
+    (r"\bnow\b", "now"),
+    (r"\byet\b", "yet"),
+    (r"\bused to\b", "used to"),
+    (r"\bpreviously\b", "previously"),
+    (r"\bno longer\b", "no longer"),
+    (r"\banymore\b", "anymore"),
+    (r"\bformerly\b", "formerly"),
+    (r"\brecently\b", "recently"),
+    (r"\b(was|were|has been|have been) (changed|moved|replaced|renamed|switched)\b", "a change"),
     (r"\bsessions?\b", "session"),
     (r"this project.s (\w+ )*machine", "this project's machine"),
     (r"\bhere:", "'here:' as a place"),
@@ -117,32 +322,36 @@ NAMED_GOAL = re.compile(r"\bthe (\d+(?:\.\d+)?)x goal\b", re.I)
 
 
 def history_findings(text: str) -> List[str]:
-    """History words, and goals named as "the Nx goal" that the page never states ("at most Nx", "<= Nx")."""
-    found = [(match, label) for pattern, label in HISTORY for match in re.finditer(pattern, text, re.I)]
-    found += [(match, "a goal named but not defined on the page") for match in NAMED_GOAL.finditer(text)
+    """History words in a page's prose, and goals named as "the Nx goal" that the page never states
+    ("at most Nx", "<= Nx")."""
+    words = prose(text)
+    found = [(match, label) for pattern, label in HISTORY for match in re.finditer(pattern, words, re.I)]
+    found += [(match, "a goal named but not defined on the page") for match in NAMED_GOAL.finditer(words)
               if not re.search(rf"(at most|<=)\s*{re.escape(match.group(1))}x", text)]
-    return [f"line {text.count(chr(10), 0, match.start()) + 1}: {label} ({match.group(0)!r})" for match, label in found]
+    return [f"line {words.count(chr(10), 0, match.start()) + 1}: {label} ({match.group(0)!r})" for match, label in found]
 
 
-def test_history_words_are_caught():
+def test_history_words_are_caught_in_prose_only():
     assert history_findings("as measured in the previous session's run")
     assert history_findings("the 3x goal is out of reach")
-    assert history_findings("# here:\nmake it")
-    assert not history_findings("The goal: at most 1.08x RetinaNet. Here is the table. The 1.08x goal is missed.")
+    assert history_findings("This used to be slower; it no longer is.")
+    assert history_findings("It is `x` now.")
+    assert not history_findings("The goal: at most 1.08x RetinaNet. The 1.08x goal is missed.")
+    assert not history_findings("`old_recipe` against `new_recipe`:\n```bash\nmake now\n```\n")
 
 
-def test_docs_speak_of_the_project_alone():
-    findings = {str(page.relative_to(REPO)): history_findings(page.read_text()) for page in tracked_markdown()}
-    assert {page: found for page, found in findings.items() if found} == {}
+@pytest.mark.parametrize("page", docs_pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_pages_speak_of_the_project_alone(page):
+    assert history_findings(page.read_text()) == []
 
 
 # ---------------------------------------------------------------- documented commands
-FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console", "zsh"}
 COMMAND_WORDS = {"python", "python3", "make", "pip", "git", ".venv/bin/python", ".venv/bin/pip", "pytest", "bash"}
 REPO_PREFIXES = ("configs/", "tools/", "benchmarks/", "demo/", "projects/", "tests/", ".ci/")
 ROOT_FILES = ("train_net.py", "Makefile", "setup.py", "setup.cfg", "pyproject.toml")
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;"}
+PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")  # NAME, PATH: a word the reader fills in
 
 
 def shell_blocks(text: str) -> Iterator[str]:
@@ -182,6 +391,16 @@ def commands(block: str) -> Iterator[List[str]]:
                 current = []
             else:
                 current.append(word)
+
+
+def inline_commands(text: str) -> Iterator[List[str]]:
+    """``make X`` and ``python path.py`` written as inline code in a page's prose (rendered captions
+    quote recorded commands and are checked against their files instead)."""
+    source = FENCE.sub("", RENDERED.sub("", text))
+    for match in INLINE_CODE.finditer(source):
+        code = match.group(0).strip("`")
+        if re.match(r"^(make|python3?|\.venv/bin/python)(\s|$)", code) and not PLACEHOLDER.search(code):
+            yield from commands(code)
 
 
 def repository_paths(words: List[str]) -> List[str]:
@@ -259,25 +478,31 @@ def all_help_flags() -> Dict[str, Tuple[int, Set[str]]]:
             for tool, (status, text) in help_outputs(tools).items()}
 
 
-def command_problems(page: str, words: List[str], helps: Dict[str, Tuple[int, Set[str]]]) -> List[str]:
-    problems = []
+def target_and_script_problems(page: str, words: List[str]) -> List[str]:
+    """A command's make targets that the Makefile lacks and repository files that do not exist."""
     shown = " ".join(words)[:120]
-    for path in repository_paths(words):
-        if not (REPO / path).exists():
-            problems.append(f"{page}: `{shown}` names {path}, which does not exist")
+    problems = [f"{page}: `{shown}` names {path}, which does not exist"
+                for path in repository_paths(words) if not (REPO / path).exists()]
+    tool = tool_of(words)
+    if tool and not (REPO / tool).is_file():
+        problems.append(f"{page}: `{shown}` runs {tool}, which does not exist")
     if words[0] == "make":
-        for target in words[1:]:
-            if "=" not in target and not target.startswith("-") and target not in make_targets():
-                problems.append(f"{page}: `{shown}`: the Makefile has no target '{target}'")
+        problems += [f"{page}: `{shown}`: the Makefile has no target '{target}'" for target in words[1:]
+                     if "=" not in target and not target.startswith("-") and target not in make_targets()]
+    return problems
+
+
+def command_problems(page: str, words: List[str], helps: Dict[str, Tuple[int, Set[str]]]) -> List[str]:
+    problems = target_and_script_problems(page, words)
     tool = tool_of(words)
     if tool and tool in helps:
         status, flags = helps[tool]
         if status != 0:
-            problems.append(f"{page}: `{shown}`: {tool} --help exits {status}")
+            problems.append(f"{page}: `{' '.join(words)[:120]}`: {tool} --help exits {status}")
         for word in words[2:]:
             flag = word.split("=", 1)[0]
             if re.match(r"^--[A-Za-z]", flag) and flag not in flags:
-                problems.append(f"{page}: `{shown}`: {tool} has no flag {flag}")
+                problems.append(f"{page}: `{' '.join(words)[:120]}`: {tool} has no flag {flag}")
     return problems
 
 
@@ -290,6 +515,8 @@ def test_shell_blocks_are_parsed():
     assert [words[:2] for words in parsed[1:]] == [["make", "setup"], ["make", "study"], ["make", "study"], ["wait"]]
     assert tool_of(["python", "-m", "benchmarks.speed", "--quick"]) == "benchmarks/speed.py"
     assert repository_paths(["--config-file=configs/a.py", "output/x", "train_net.py"]) == ["configs/a.py", "train_net.py"]
+    assert list(inline_commands("Run `make demo`, then `python tools/x.py --a` (`python -m benchmarks.NAME`).")) == [
+        ["make", "demo"], ["python", "tools/x.py", "--a"]]
 
 
 def test_command_check_catches_a_wrong_flag_file_and_target():
@@ -297,8 +524,16 @@ def test_command_check_catches_a_wrong_flag_file_and_target():
     assert command_problems("P", ["python", "train_net.py", "--num-gpu", "8"], helps)
     assert not command_problems("P", ["python", "train_net.py", "--num-gpus", "8"], helps)
     assert command_problems("P", ["python", "train_net.py", "--config-file", "configs/no_such.py"], helps)
+    assert command_problems("P", ["python", "tools/no_such_tool.py"], helps)
     assert command_problems("P", ["make", "benchmark"], helps)
     assert not command_problems("P", ["make", "test", "D2_SRC=x.tar.gz"], helps)
+
+
+def test_commands_in_the_prose_name_real_targets_and_scripts():
+    found = [(str(page.relative_to(REPO)), words) for page in tracked_markdown()
+             for words in inline_commands(page.read_text())]
+    assert any(words[:2] == ["make", "demo"] for _, words in found)
+    assert [problem for page, words in found for problem in target_and_script_problems(page, words)] == []
 
 
 def test_documented_commands_name_real_files_targets_and_flags():
@@ -334,8 +569,8 @@ def anchors(page: Path) -> Set[str]:
     return result
 
 
-def link_problems(page: Path) -> List[str]:
-    text = re.sub(r"`[^`\n]*`", "", FENCE.sub("", page.read_text()))
+def link_problems(page: Path, root: Path = REPO) -> List[str]:
+    text = INLINE_CODE.sub("", FENCE.sub("", page.read_text()))
     problems = []
     for match in LINK.finditer(text):
         target = match.group(1)
@@ -343,7 +578,7 @@ def link_problems(page: Path) -> List[str]:
             continue  # http(s), mailto
         path, _, anchor = target.partition("#")
         resolved = (page.parent / path).resolve() if path else page
-        name = page.relative_to(REPO)
+        name = page.relative_to(root)
         if not resolved.exists():
             problems.append(f"{name}: link {target} points to a missing file")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
@@ -355,125 +590,16 @@ def test_slugs_follow_github():
     assert github_slug("Does DSA help on my data? Comparing variants") == "does-dsa-help-on-my-data-comparing-variants"
     assert github_slug("The study under `bf16`") == "the-study-under-bf16"
     assert github_slug("CPUs and bf16: A/B") == "cpus-and-bf16-ab"
+    assert github_slug("DSANet*-Conf against DSANet-Conf") == "dsanet-conf-against-dsanet-conf"
 
 
-def test_link_check_catches_a_missing_file_and_anchor(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+def test_link_check_catches_a_missing_file_and_anchor(tmp_path):
     (tmp_path / "a.md").write_text("# Title here\n[ok](#title-here) [bad](#title) [gone](b.md) [img](c.png)\n")
     (tmp_path / "c.png").write_bytes(b"")
-    problems = link_problems(tmp_path / "a.md")
+    problems = link_problems(tmp_path / "a.md", tmp_path)
     assert len(problems) == 2 and "#title" in problems[0] and "b.md" in problems[1]
 
 
 def test_links_and_anchors_resolve():
     problems = [problem for page in tracked_markdown() for problem in link_problems(page)]
     assert problems == []
-
-
-def test_captions_state_command_machine_and_date():
-    from dsanet.provenance import cpu_summary, provenance
-
-    record = {"provenance": provenance("python benchmarks/speed.py --output out")}
-    line = render_docs.caption([("benchmarks/results/x.json", record)], REPO / "benchmarks" / "README.md", REPO)
-    machine = record["provenance"]["machine"]
-    assert "`python benchmarks/speed.py --output out`" in line and record["provenance"]["date"] in line
-    assert cpu_summary(machine["cpu"]) in line and render_docs._threads(machine["torch_threads"]) in line
-    assert "](results/x.json)" in line
-    assert "machine not recorded" in render_docs.caption([("a.json", {})], REPO / "README.md", REPO)
-
-
-def test_a_study_caption_names_the_setup_its_runs_trained_on():
-    """The invocation that writes a study's report may use other threads than its runs (--threads 1)."""
-    from dsanet.provenance import provenance
-
-    invocation = provenance("python tools/compare_variants.py")
-    one_thread = {"machine": {**invocation["machine"], "torch_threads": 1}}
-    study = {"provenance": {**invocation, "machine": {**invocation["machine"], "torch_threads": 2}},
-             "runs": [{"variant": "a", "seed": s, "setup": one_thread} for s in (0, 1)]}
-    line = render_docs.caption([("r.json", study)], REPO / "README.md", REPO)
-    assert "machine of every run: " in line and "1 torch thread;" in line and "2 torch threads" not in line
-    study["runs"][1]["setup"] = {"machine": {**invocation["machine"], "torch_threads": 2}}
-    assert "runs on 2 setups" in render_docs.caption([("r.json", study)], REPO / "README.md", REPO)
-
-
-def _paper_study(differences: Dict[str, Tuple[float, float, float]]) -> dict:
-    """A study results dict with DSANet first and ``{variant: (mean, total_low, total_high)}`` over 2 seeds."""
-    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
-    names = ["dsanet", *paper["variants"]]
-    diffs = [{"variant": name, "against": "dsanet",
-              "AP": {"mean": m, "ci_low": low, "ci_high": high, "n": 2, "per_seed": {"0": m, "1": m}},
-              "decomposition": {"training_half": 0.1, "validation_half": 0.2, "total_half": (high - low) / 2,
-                                "total_low": low, "total_high": high, "needed": {"1.0": {"seeds": 2}}}}
-             for name, (m, low, high) in differences.items()]
-    return {"variants": [{"name": n} for n in names], "differences": diffs,
-            "runs": [{"variant": n, "seed": s, "metrics": {"AP": 1.0}, "seconds": 600.0} for n in names for s in (0, 1)]}
-
-
-def test_the_paper_table_says_sign_agreement_the_p3_answer_and_the_defaults_rule():
-    """Rows against the paper's signs, the full-resolution P3 sentence, and the defaults rule: a default
-    moves only for an interval entirely above 0, and never while a variant lacks two seeds."""
-    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
-    study = _paper_study({name: (-0.5, -0.9, -0.1) for name in paper["variants"]})
-    shared = next(d for d in study["differences"] if d["variant"] == "shared_branch")
-    shared["AP"].update(mean=0.8, ci_low=0.3, ci_high=1.3)
-    shared["decomposition"].update(total_low=0.2, total_high=1.4)
-    text = render_docs.render_study_paper(study)
-    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["shared_branch"].count("| no |") == 1  # paper -0.1, here above 0
-    assert rows["after_towers"].count("| yes |") == 1  # both below 0
-    assert "| no paper number |" in rows["authors_code_scale_init"]
-    assert "Does attending P3 at full resolution help here? No, it hurts" in text
-    # The rule weighs a change against a config's default: DSANet-Conf in the Demo configs, not trained here.
-    assert "no default changes yet. The interval lies entirely above 0 for shared_branch, but against DSANet " \
-           "without confidence" in text
-    assert "The COCO configs keep the paper's choice" in text
-    assert "none changes" in render_docs.render_study_paper(_paper_study(
-        {name: (0.5, -0.1, 1.1) for name in paper["variants"]}))
-
-    # A pair between two variants (--compare) gets its own sentence, its name's case kept.
-    study["differences"].append({"variant": "dsanet_star_p3_half_k1", "against": "p3_half_k1", "AP": {
-        "mean": 5.0, "ci_low": 2.0, "ci_high": 8.0, "n": 3, "per_seed": {}}})
-    assert "- On the embedded benchmark, dsanet_star_p3_half_k1 is better than p3_half_k1 (+5.00 AP, 95% " \
-           "interval [2.00, 8.00], 3 seeds); the paper's COCO difference is -2.7 AP (Table 5, DSANet*(3-7), " \
-           "kernel 1*1 minus Table 5, DSANet(3-7), kernel 1*1)." in render_docs.render_study_paper(study)
-    study["differences"].pop()
-
-    study["differences"].pop()  # the last variant has no pair yet: the rule waits for it
-    assert "applied once every variant has two seeds" in render_docs.render_study_paper(study)
-
-
-def test_every_coco_and_ablation_config_is_listed_beside_the_papers_row():
-    """The README's COCO table and the model page's ablation table are rendered from the paper's numbers
-    as quoted in benchmarks/paper_coco.json: every config there exists, every one of the folders is
-    listed, and every quoted row is one of the paper's tables."""
-    paper = json.loads((REPO / render_docs.PAPER_TABLES).read_text())
-    for group, folder in (("coco", "COCO-Detection"), ("ablations", "Ablations")):
-        listed = {c["path"] for entry in paper["configs"][group] for c in entry["configs"]}
-        assert listed == {str(p.relative_to(REPO)) for p in (REPO / "configs" / folder).glob("*.py")}, group
-        for entry in paper["configs"][group]:
-            assert entry.get("rows") or entry.get("note"), entry
-            for quoted in entry.get("rows", []):
-                assert 0 < render_docs.paper_ap(paper, quoted["table"], quoted["row"]) < 1
-    rendered = render_docs.block_text("paper_coco_configs", REPO / "README.md", REPO)
-    assert "| [dsanet_conf_R_50_FPN_1x](configs/COCO-Detection/dsanet_conf_R_50_FPN_1x.py) | " \
-           "Table 6, DSANet-Conf(50_x) | 36.3 |" in rendered
-    assert "quoted from Wu, Chen, Ma, Zhang, Li" in rendered
-    nested = render_docs.block_text("paper_ablation_configs", REPO / "projects" / "DSANet" / "README.md", REPO)
-    assert "](../../configs/Ablations/dsanet_gamma1_R_50_FPN_1x.py) | Table 4, DSANet(gamma=1) | 35.5 |" in nested
-
-
-def test_make_demo_trains_what_the_defaults_rule_picked():
-    """`make demo` trains DSANet*-Conf only while the kept rule study puts it entirely above DSANet-Conf;
-    the verdict reads the total interval, and waits for two seeds."""
-    study = json.loads((REPO / "benchmarks/results/study_default/results.json").read_text())
-    diff = next(d for d in study["differences"] if d["against"] == study["variants"][0]["name"])
-    fires = render_docs._total_interval(diff)[0] > 0
-    demo = re.search(r"^demo:.*\n\t\S+ train_net.py --config-file (\S+)", (REPO / "Makefile").read_text(), re.M)
-    assert (demo.group(1) == render_docs.DEMO_STAR_CONFIG) == fires
-    assert ("so `make demo` trains" in render_docs.render_study_default(study)) == fires
-    held = json.loads(json.dumps(study))
-    held_diff = next(d for d in held["differences"] if d["against"] == "dsanet_conf")
-    held_diff["decomposition"]["total_low"] = -0.1
-    assert "the Demo default stays dsanet_conf" in render_docs.render_study_default(held)
-    held_diff["AP"]["n"] = 1
-    assert "applied once both models have two seeds" in render_docs.render_study_default(held)

@@ -65,5 +65,5 @@ def test_the_commands_quiet_internal_warnings_through_one_public_call():
     assert callable(dsanet.silence_internal_warnings)
     for script in ["train_net.py", "demo/demo.py", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tools").glob("*.py"))]:
         text = (ROOT / script).read_text(encoding="utf-8")
-        if re.search(r"^(import dsanet|from dsanet)", text, re.M):
+        if re.search(r"^(import dsanet|from dsanet)\b", text, re.M):
             assert "dsanet.silence_internal_warnings()" in text, f"{script} imports dsanet but does not quiet internal warnings"

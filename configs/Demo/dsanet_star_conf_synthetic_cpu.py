@@ -1,7 +1,7 @@
-# What `make demo` trains: the Demo recipe (dsanet_conf_synthetic_cpu.py) with the model the defaults rule
-# picked on the embedded benchmark (projects/DSANet/docs/STUDIES.md, "The rule's question"): DSANet*-Conf,
-# DSA on each ResNet stage's own features (FPN without its top-down path), P3 at half resolution (1x1 convs).
-# The study configs keep DSANet-Conf, the model every kept study is measured against.
+# DSANet*-Conf on the Demo recipe (dsanet_conf_synthetic_cpu.py): DSA on each ResNet stage's own features
+# (FPN without its top-down path, the paper's Table 5), P3 at half resolution (1x1 convs). What it measures
+# against DSANet-Conf on the embedded benchmark: projects/DSANet/docs/STUDIES.md, "DSANet*-Conf against
+# DSANet-Conf". `make demo` trains the paper's DSANet-Conf; why is written in dsanet_conf_synthetic_cpu.py.
 from dsanet.modeling import FPNWithoutTopDown
 
 from .dsanet_conf_synthetic_cpu import dataloader, lr_multiplier, model, optimizer, train
