@@ -1,4 +1,4 @@
-"""What a benchmark result was measured on: ``dsanet.provenance`` (command, date, processor and its
+"""What a benchmark result was measured on: ``dsanet_lab.provenance`` (command, date, processor and its
 flags, GPU, library versions, threads) and what only a timing needs beside it: the device measured
 and how busy the machine was."""
 import os
@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from dsanet.provenance import provenance
+from dsanet_lab.provenance import provenance
 
 
 def busy_cores(interval: float = 0.5) -> Optional[float]:
@@ -43,7 +43,7 @@ def warn_if_busy(label: str) -> Optional[str]:
 
 
 def record(device: Union[str, torch.device]) -> Dict[str, Any]:
-    """:func:`dsanet.provenance.provenance` of this run, plus the device measured, the 1-minute load
+    """:func:`dsanet_lab.provenance.provenance` of this run, plus the device measured, the 1-minute load
     average and the cores other processes keep busy now (for the ``"provenance"`` of a result)."""
     return {**provenance(), "device": str(device), "loadavg_1min": os.getloadavg()[0],
             "busy_cores_other_processes": busy_cores()}

@@ -82,6 +82,14 @@ def peak_extra_memory(fn: Callable[[], Any], device: Union[str, torch.device]) -
     return peak_rss_bytes() - before
 
 
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of a model's weights and buffers and its optimizer's state tensors (SGD's momentum):
+    what training holds between steps, beside a step's own peak."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def pin_malloc_threshold() -> bool:
     """Pin glibc's mmap threshold in this process (see :data:`MMAP_THRESHOLD`); False off glibc."""
     try:

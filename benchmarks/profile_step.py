@@ -13,7 +13,6 @@ overhead, so the step here is slower than in speed.py; the shares are what it is
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -59,10 +58,7 @@ def profile_train_step(name: str, image_size, device: str = "cpu") -> Dict[str, 
     speed.train_step(runner, batch, device)  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if timing.is_cuda(device) else [])
     with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        speed.train_step(runner, batch, device)
-        timing.synchronize(device)
-        wall = time.perf_counter() - started
+        wall = timing.time_call(lambda: speed.train_step(runner, batch, device), device)
     events = prof.key_averages()
     forward, backward = attention_seconds(prof.events())
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]

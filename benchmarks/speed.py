@@ -34,7 +34,7 @@ from benchmarks.models import BASELINE, FULL_IMAGE_SIZE, QUICK_IMAGE_SIZE, Model
 from dsanet import model_zoo
 from dsanet.fileio import write_json
 from dsanet.precision import autocast, cpu_has_native_bf16
-from dsanet.provenance import cpu_record
+from dsanet_lab.provenance import cpu_record
 
 # The optimizer is the configs' SGD (its parameter groups, momentum, weight decay), with a tiny lr:
 # a step costs the same whatever the lr, and a randomly initialised detector trained at lr 0.01 can
@@ -106,9 +106,10 @@ def inference(runner: Runner, images: List[Dict[str, Any]], device: str, precisi
 
 def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str, *,
             train_repeats: Mapping[str, int], inference_repeats: Mapping[str, int],
-            precisions: Sequence[str] = ("fp32",), memory: bool = False) -> Dict[str, Dict[str, Dict[str, Any]]]:
+            precisions: Sequence[str] = ("fp32",), memory: bool = False,
+            images: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Interleaved, warmed-up timings (and on CUDA peak memory) of every runner in every precision,
-    train and inference.
+    train on ``batch`` and inference on ``images`` (default: the batch's images, without annotations).
 
     Each round runs every model once in each precision, a model's precisions one after another
     (RetinaNet fp32, RetinaNet bf16, RetinaNet-Conf fp32, ...), so that all of a round's times
@@ -118,7 +119,8 @@ def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str,
         precision -> name -> {"train_s", "train_times_s", "inference_s", "inference_times_s",
         ["train_peak_mib", "inference_peak_mib"] | "error"}.
     """
-    images = [{"image": item["image"]} for item in batch]
+    images = [{"image": item["image"]} for item in batch] if images is None else images
+    runners_by_name = {runner.name: runner for runner in runners}
     results = {precision: {r.name: {} for r in runners} for precision in precisions}
     train_calls: Dict[Tuple[str, str], Callable[[], None]] = {}
     inference_calls: Dict[Tuple[str, str], Callable[[], None]] = {}
@@ -152,6 +154,9 @@ def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str,
         row.update(train_s=timing.median(train_times[key]), train_times_s=train_times[key],
                    inference_s=timing.median(inference_times[key]), inference_times_s=inference_times[key])
         if memory:
+            # The last step's gradients are freed, so that the step's peak counts them rather than
+            # what was allocated before it.
+            runners_by_name[name].optimizer.zero_grad(set_to_none=True)
             row["train_peak_mib"] = peak_extra_memory(train_calls[key], device) / MiB
             row["inference_peak_mib"] = peak_extra_memory(inference_calls[key], device) / MiB
     if timing.is_cuda(device):

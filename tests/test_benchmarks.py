@@ -10,7 +10,7 @@ from conftest import make_inputs, narrow_model_config, tiny_model
 from dsanet import model_zoo
 from dsanet.modeling import DSABlock, SelfAttention2d
 from dsanet.precision import FORCE_NO_BF16_ENV, cpu_has_native_bf16
-from dsanet.provenance import CPU_FLAGS
+from dsanet_lab.provenance import CPU_FLAGS
 
 CHANNELS, HEIGHT, WIDTH = 64, 12, 16
 
@@ -177,6 +177,27 @@ def test_bf16_steps_run_the_network_in_bf16_and_keep_weights_and_sgd_in_fp32():
     assert runner.scaler is None
     with pytest.raises(ValueError, match="unknown precision"):
         speed.inference(runner, batch, "cpu", "fp16")
+
+
+def test_measure_infers_on_the_images_it_is_given_and_state_bytes_counts_weights_and_momentum(monkeypatch):
+    from benchmarks.memory import state_bytes
+
+    model = tiny_model()
+    runner = speed.Runner("tiny", model, torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9))
+    batch, seen = make_inputs(), []
+    inference = speed.inference
+
+    def counting_inference(runner, images, *args):
+        seen.append(len(images))
+        inference(runner, images, *args)
+
+    monkeypatch.setattr(speed, "inference", counting_inference)
+    rows = speed.measure([runner], batch, "cpu", train_repeats={"tiny": 1}, inference_repeats={"tiny": 2},
+                         images=[{"image": batch[0]["image"]}])["fp32"]
+    assert seen == [1, 1, 1] and len(rows["tiny"]["inference_times_s"]) == 2  # warm-up, then 2 rounds
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    assert state_bytes(model, runner.optimizer) == weights + momentum
 
 
 def quick_speed_run(monkeypatch, tmp_path, names):

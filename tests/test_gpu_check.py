@@ -74,3 +74,32 @@ def test_cpu_smoke_runs_every_step_and_writes_the_json(cache_dir, tmp_path):
     goals = report["goals"]  # computed, but tiny CPU numbers judge nothing
     assert goals["dsanet_conf_step_fp16"]["met"] is None and goals["attention_within_tolerance"]["met"] is True
     assert "GPU check (CPU smoke" in result.stdout and f"wrote {output}" in result.stdout
+
+
+def test_benchmark_columns_and_goals_from_cuda_shaped_measurements():
+    """What the GPU run computes from ``benchmarks.speed.measure``'s rows, without a GPU: per-round
+    ratios, peak memory with the model's own state, an out-of-memory model, the judged goals."""
+    from benchmarks import gpu_check, speed
+    from benchmarks.memory import state_bytes
+
+    model = torch.nn.Linear(4, 4)
+    runner = speed.Runner("m", model, torch.optim.SGD(model.parameters(), lr=0.1))
+    base = {"train_times_s": [1.0, 2.0], "inference_times_s": [0.1, 0.2], "train_s": 1.5, "inference_s": 0.15,
+            "train_peak_mib": 1024.0}
+    conf = {"train_times_s": [1.05, 2.2], "inference_times_s": [0.1, 0.3], "train_s": 1.625, "inference_s": 0.2,
+            "train_peak_mib": 1024.0}
+    row = gpu_check._model_row(conf, base, runner, batch_size=16)
+    assert row["train_ratio"] == pytest.approx(1.075) and row["train_ratio_range"] == pytest.approx([1.05, 1.1])
+    assert row["images_per_s"] == pytest.approx(16 / 1.625) and not row["oom"]
+    assert row["peak_gib"] == round((2 ** 30 + state_bytes(model, runner.optimizer)) / 2 ** 30, 3)
+    oom = gpu_check._model_row({"error": "OOM"}, base, runner, batch_size=16)
+    assert oom["oom"] and oom["train_s"] == [] and oom["train_ratio"] is None and oom["peak_gib"] is None
+
+    full = {"oom": False, "peak_gib": 40.0}
+    result = {"benchmark": {"configs": [{"batch": 16, "precision": "fp16", "models": {
+        "DSANet-Conf": {**row, "memory_ratio": 1.05}, "DSANet-P3-P7": full}}]},
+        "attention": {"accuracy": [{"within": True}]}}
+    goals = gpu_check.judge(result, smoke=False)
+    assert goals["dsanet_conf_step_fp16"]["met"] and goals["dsanet_conf_memory_fp16"]["met"]
+    assert goals["full_resolution_p3_p7_gib_fp16"] == {"value": 40.0, "limit": 32.0, "met": False}
+    assert goals["dsanet_conf_step_bf16"]["met"] is None and goals["attention_within_tolerance"]["met"] is True
