@@ -23,10 +23,9 @@ from benchmarks.models import FULL_IMAGE_SIZE, QUICK_IMAGE_SIZE
 from dsanet.fileio import write_json
 from dsanet.modeling import DSABlock, SelfAttention2d
 from benchmarks.attention_reference import ATTENTION_IMPLS, attention_path
-from dsanet.modeling.blockwise import attention_flops
 
 LEVEL_STRIDES: Dict[str, int] = {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
-# Compared paths (keys of dsanet.modeling.attention.ATTENTION_IMPLS); "auto" is what models run.
+# Compared paths (keys of benchmarks.attention_reference.ATTENTION_IMPLS); "auto" is what models run.
 KINDS = ("dense", "sdpa_padded", "blockwise")
 MODES = ("forward", "forward_backward")
 CHANNELS = 256
@@ -134,6 +133,11 @@ def measure_branch_memory(shape: Tuple[int, int], device: str, pin_malloc: bool)
         return measure_branch_memory_here(shape, device)
     return memory.call_in_fresh_process("benchmarks.attention", "measure_branch_memory_here", tuple(shape),
                                         "cpu", pin_malloc=pin_malloc)
+
+
+def attention_flops(batch: int, length_q: int, length_k: int, qk_dim: int, v_dim: int) -> int:
+    """Multiply-adds of softmax(Q K^T) V's two matrix products: N * Lq * Lk * (D + C)."""
+    return batch * length_q * length_k * (qk_dim + v_dim)
 
 
 def executed_flops(kind: str, mode: str, length: int) -> int:

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dsanet.export import export_attention
 from dsanet.modeling import SelfAttention2d, attention_path, auto_attention, blockwise_attention, dense_attention
 from dsanet.modeling import blockwise as blockwise_module
-from dsanet.modeling.attention import DENSE_BUDGET_BYTES
+from dsanet.modeling.attention import DENSE_BUDGET_BYTES, sdpa_attention
 
 # fp32 tolerance the issue asks for (output and gradients against the dense reference).
 FP32_TOL = dict(atol=1e-4, rtol=1e-4)
@@ -36,9 +36,17 @@ def test_every_path_matches_dense_softmax_reference(length, qk_dim, v_dim):
     scale = 1.0 / math.sqrt(qk_dim)
     by_hand = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(qk_dim), dim=-1) @ v
     torch.testing.assert_close(dense_attention(q, k, v, scale), by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa_attention(q, k, v, scale), by_hand, **FP32_TOL)
     torch.testing.assert_close(export_attention(q, k, v, scale), by_hand, **FP32_TOL)
     torch.testing.assert_close(blockwise_attention(q, k, v, scale), by_hand, **FP32_TOL)
     torch.testing.assert_close(auto_attention(q, k, v, scale), by_hand, **FP32_TOL)
+
+
+def test_the_exporter_and_the_benchmark_reference_run_the_models_sdpa_function_padded():
+    from benchmarks.attention_reference import sdpa_padded
+
+    for padded in (export_attention, sdpa_padded):
+        assert padded.func is sdpa_attention and padded.keywords == {"pad_qk_on_cpu": True}
 
 
 @pytest.mark.parametrize("batch,length,block_rows", [

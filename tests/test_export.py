@@ -104,6 +104,7 @@ def test_program_and_dynamo_onnx_of_full_resolution_p3_equal_eager_on_unseen_siz
     from dsanet import export
     from dsanet.modeling.attention import SelfAttention2d
 
+    tool = load_script("tools/export_model.py")
     model = _tiny_model(dsa_levels=["p3", "p4", "p5", "p6", "p7"], with_confidence=with_confidence)
     program = export.export_program(model, torch.zeros(3, 64, 64), str(tmp_path / "m.pt2"))
     export.export_onnx_dynamo(program, model, str(tmp_path / "m.onnx"))
@@ -115,7 +116,7 @@ def test_program_and_dynamo_onnx_of_full_resolution_p3_equal_eager_on_unseen_siz
         with torch.no_grad():
             eager = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
         for name, run in runtimes.items():
-            assert export.max_abs_difference(eager, run(image)) <= 1e-4, (name, size)
+            assert tool.max_abs_difference(eager, run(image)) <= 1e-4, (name, size)
 
 
 def test_a_part_a_format_cannot_run_is_named_in_one_line_and_the_others_run(trained_demo, tmp_path, monkeypatch):
@@ -146,6 +147,7 @@ def test_the_retinanet_baseline_config_exports_and_a_foreign_detector_is_named(t
     from dsanet import export
     from dsanet.errors import UserInputError
 
+    tool = load_script("tools/export_model.py")
     model = tiny_model("common/models/retinanet.py").eval()
     model.test_score_thresh = 0.0
     program = export.export_program(model, torch.zeros(3, 64, 64), str(tmp_path / "m.pt2"))
@@ -156,11 +158,32 @@ def test_the_retinanet_baseline_config_exports_and_a_foreign_detector_is_named(t
         eager = model([{"image": image}])[0]["instances"]
     flat = run(image)
     assert len(program.graph_signature.user_outputs) == len(export.output_names(model)) == 3 * 5
-    assert export.max_abs_difference(eager_raw, flat) <= 1e-5
+    assert tool.max_abs_difference(eager_raw, flat) <= 1e-5
     exported = export.postprocess(model, flat, tuple(image.shape[-2:]), tuple(image.shape[-2:]))
-    match = export.compare_detections(eager, exported)
+    match = tool.compare_detections(eager, exported)
     assert match["count"] > 0 and match["unmatched"] == 0 and match["max_score_diff"] <= 1e-5
 
     foreign = detectron2_retinanet()  # detectron2's class on the same network: no head_outputs
     with pytest.raises(UserInputError, match="RetinaNet does not say what its head returns .*/retinanet_R_50_FPN_1x.py"):
         export.output_names(foreign)
+
+
+def test_eager_and_export_pad_and_transpose_as_detectron2_does():
+    """The model's ``preprocess_image`` and ``transpose_dense_predictions``, which the exported graph
+    runs too, give what detectron2's ``DenseDetector.preprocess_image`` (``ImageList.from_tensors``)
+    and ``permute_to_N_HWA_K`` give: for one image, for a batch of two sizes, and for a 1x1 map."""
+    from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
+    from conftest import make_inputs, tiny_model
+    from dsanet.modeling.dense_detector import transpose_dense_predictions
+
+    model = tiny_model().eval()
+    inputs = make_inputs(with_gt=False)
+    for batch in (inputs[:1], inputs):
+        ours, theirs = model.preprocess_image(batch), DenseDetector.preprocess_image(model, batch)
+        assert ours.image_sizes == theirs.image_sizes
+        assert torch.equal(ours.tensor, theirs.tensor)
+    # Per kind, per level (N, A*K, Hi, Wi): K = 3 with A = 9 (one map 1x1), K = 1 with A = 1 (FCOS's centerness).
+    predictions = [[torch.randn(2, 9 * 3, 5, 7), torch.randn(2, 9 * 3, 1, 1)], [torch.randn(2, 1, 4, 6)]]
+    transposed = transpose_dense_predictions(predictions, [3, 1])
+    for per_level, k, got in zip(predictions, [3, 1], transposed):
+        assert all(torch.equal(y, permute_to_N_HWA_K(x, k)) for x, y in zip(per_level, got))

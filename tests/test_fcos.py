@@ -231,7 +231,7 @@ def test_exports_of_dsa_fcos_equal_eager_and_a_1x1_p7_is_named_for_the_program(f
     with torch.no_grad():
         eager = torch.utils._pytree.tree_leaves(export.raw_head_outputs(model, image))
     program = export.load_program(str(tmp_path / "out" / "model.pt2"))
-    assert export.max_abs_difference(eager, program(image)) <= 1e-4
+    assert tool.max_abs_difference(eager, program(image)) <= 1e-4
     out = export.unflatten(model, torch.jit.load(str(tmp_path / "out" / "model.ts"))(image))
     for cls, ctr, scores in zip(out["cls_logits"], out["ctrness_logits"], out["scores"]):
         cls = cls.permute(0, 2, 3, 1).reshape(1, -1, 3)

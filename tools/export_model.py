@@ -21,12 +21,16 @@ naming the format and the part, and the others still run. Writes ``parity.json``
 import argparse
 import json
 import os
+import time
 import traceback
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
-import dsanet  # noqa: F401  (applies the detectron2 compatibility shims first)
+import dsanet  # applies only the version shims the installed detectron2 needs
+
+dsanet.silence_internal_warnings()  # a command prints no torch/fvcore/detectron2-internal warning
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.structures import Instances
 
 from dsanet import export
 from dsanet.best_checkpoint import WEIGHTS_HELP, weights_for_tool
@@ -56,6 +60,54 @@ def one_line(error: BaseException) -> str:
     """The first non-empty line of an error's message, with its type."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def max_abs_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Largest absolute elementwise difference between two equally long lists of same-shape tensors."""
+    assert len(a) == len(b), f"{len(a)} outputs against {len(b)}"
+    for x, y in zip(a, b):
+        assert x.shape == y.shape, f"shapes {tuple(x.shape)} and {tuple(y.shape)} differ"
+    return max(((x.float() - y.float()).abs().max().item() if x.numel() else 0.0) for x, y in zip(a, b))
+
+
+def compare_detections(reference: Instances, other: Instances) -> Dict[str, float]:
+    """How far two detection sets are apart, each reference detection matched to the closest box of
+    the same class in ``other`` (greedy, in score order).
+
+    Matching, not position, pairs detections: scores that differ by 1e-6 may swap two
+    detections' places in the sorted output without changing the set.
+
+    Returns:
+        {"count": reference count, "count_other", "unmatched" (reference detections with no
+        same-class partner left), "max_box_diff", "max_score_diff" (over matched pairs)}.
+    """
+    ref_boxes, other_boxes = reference.pred_boxes.tensor.float(), other.pred_boxes.tensor.float()
+    free = torch.ones(len(other), dtype=torch.bool)
+    box_diff, score_diff, unmatched = 0.0, 0.0, 0
+    for i in range(len(reference)):
+        candidates = free & (other.pred_classes == reference.pred_classes[i])
+        if not candidates.any():
+            unmatched += 1
+            continue
+        distance = (other_boxes - ref_boxes[i]).abs().amax(dim=1).masked_fill(~candidates, float("inf"))
+        j = int(distance.argmin())
+        free[j] = False
+        box_diff = max(box_diff, float(distance[j]))
+        score_diff = max(score_diff, abs(float(reference.scores[i]) - float(other.scores[j])))
+    return {"count": len(reference), "count_other": len(other), "unmatched": unmatched,
+            "max_box_diff": box_diff, "max_score_diff": score_diff}
+
+
+def median_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def export_format(name: str, model, sample, path: str, programs: dict) -> Callable:
@@ -133,9 +185,9 @@ def check_parity(model, runtimes: Dict[str, callable], inputs: List[dict],
                 del runtimes[name], worst[name]
                 continue
             w = worst[name]
-            w["raw_max_abs"] = max(w["raw_max_abs"], export.max_abs_difference(eager_raw, flat))
+            w["raw_max_abs"] = max(w["raw_max_abs"], max_abs_difference(eager_raw, flat))
             final = export.postprocess(model, flat, tuple(image.shape[-2:]), (record["height"], record["width"]))
-            diff = export.compare_detections(eager, final)
+            diff = compare_detections(eager, final)
             w["detections"] += diff["count"]
             w["mismatched_images"] += int(diff["count"] != diff["count_other"] or diff["unmatched"] > 0)
             w["box_max_abs"] = max(w["box_max_abs"], diff["max_box_diff"])
@@ -148,12 +200,11 @@ def time_runtimes(model, runtimes: Dict[str, callable], record: dict, repeats: i
     image, size = record["image"], (record["height"], record["width"])
     timings = {}
     with torch.no_grad():
-        timings["eager"] = export.median_time(lambda: model([{"image": image, "height": size[0], "width": size[1]}]),
-                                              repeats)
+        timings["eager"] = median_time(lambda: model([{"image": image, "height": size[0], "width": size[1]}]), repeats)
     for name, run in runtimes.items():
-        timings[name] = export.median_time(
+        timings[name] = median_time(
             lambda: export.postprocess(model, run(image), tuple(image.shape[-2:]), size), repeats)
-        timings[name + "_graph_only"] = export.median_time(lambda: run(image), repeats)
+        timings[name + "_graph_only"] = median_time(lambda: run(image), repeats)
     return timings
 
 

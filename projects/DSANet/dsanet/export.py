@@ -3,37 +3,36 @@ exported graphs with the model's own post-processing.
 
 What is inside the exported graph, for one image (3, H, W) of any size, float, in the model's
 input format (BGR for the configs of this project):
-    normalisation and padding (``preprocess_image``) -> backbone + FPN -> DSA -> head towers ->
-    per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi), then with
-    object confidence, confidence logits (1, A, Hi, Wi), on FCOS (A = 1), centerness logits
+    normalisation and padding (the model's ``preprocess_image``) -> backbone + FPN -> DSA -> head
+    towers -> per level: classification logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi), then
+    with object confidence, confidence logits (1, A, Hi, Wi), on FCOS (A = 1), centerness logits
     (1, 1, Hi, Wi): whatever the model's ``head_outputs`` name; then the score the detector
     ranks by as (1, Hi*Wi*A, K), from the model's own ``per_anchor_scores`` (the fused
-    confidence score, FCOS's ``sqrt(cls * centerness)``, ...).
+    confidence score, FCOS's ``sqrt(cls * centerness)``, ...) on the outputs made anchor-major by
+    ``transpose_dense_predictions``. Eager inference runs these same functions, each exportable.
 What is post-processing, in Python, shared with eager PyTorch (:func:`postprocess` calls the
 model's own ``inference_single_image``): anchors (FCOS's anchor points), score threshold, top-k, box decoding,
 per-class NMS (detectron2's ``batched_nms``) and rescaling to the requested output size.
 Keeping NMS out of the graph is what makes the exported model give the same detections as eager
 (detectron2 issue 5431: RetinaNet exported with its own decoding gives wrong or no boxes).
 Self-attention in every exported graph is one ``scaled_dot_product_attention`` op
-(:func:`export_attention`, set on the model's attention modules while they are exported by
+(:data:`export_attention`, set on the model's attention modules while they are exported by
 :func:`exportable_attention`), not the eager dense/blockwise paths.
 """
 import contextlib
-import time
+import functools
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from . import compat
 from .errors import UserInputError
-from .modeling.attention import SelfAttention2d, SpatialAttention2d
+from .modeling.attention import AttentionFn, SelfAttention2d, SpatialAttention2d, sdpa_attention
+from .modeling.dense_detector import transpose_dense_predictions
 
 __all__ = [
-    "RAW_OUTPUTS",
-    "pad_qk_to_value_width",
     "export_attention",
     "exportable_attention",
     "output_names",
@@ -46,60 +45,23 @@ __all__ = [
     "export_onnx",
     "export_onnx_dynamo",
     "OnnxRunner",
+    "unflatten",
     "postprocess",
-    "median_time",
-    "max_abs_difference",
-    "compare_detections",
 ]
 
-# Kinds of per-level outputs in the graph, in the order they are flattened (all levels of one
-# kind, then the next kind); a model has the logits of at most one of confidence and centerness.
-RAW_OUTPUTS = ("cls_logits", "box_deltas", "conf_logits", "ctrness_logits", "scores")
-
-
-def pad_qk_to_value_width(q: torch.Tensor, k: torch.Tensor,
-                          v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On CPU, q and k zero-padded from D to v's width C; elsewhere, or when D == C, as they are.
-
-    Reason: PyTorch's fused CPU attention kernel needs q, k and v to share their last dimension
-    (else ``scaled_dot_product_attention`` silently takes the quadratic math path). Zero padding
-    leaves Q K^T unchanged; the caller passes the scale explicitly so that it stays 1/sqrt(D).
-
-    Args:
-        q, k: (N, L, D); v: (N, L, C).
-    Returns:
-        q, k: (N, L, C) on CPU (else (N, L, D)); v unchanged.
-    """
-    if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
-        pad = v.shape[-1] - q.shape[-1]
-        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-    return q, k, v
-
-
-def export_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """The attention inside exported graphs (torch.export, the ONNX exporters, TorchScript tracing).
-
-    One ``scaled_dot_product_attention`` op, q and k padded by :func:`pad_qk_to_value_width`. Why
-    not the eager paths: blockwise attention is a Python loop whose block count depends on H * W
-    (a graph would keep the count of the traced image), and the dense/blockwise choice is a branch
-    on the shape. In PyTorch's runtime the op runs the fused CPU kernel (memory linear in L);
-    onnxruntime computes it as MatMul-Softmax-MatMul. ``clone`` rather than ``contiguous()``:
-    ``contiguous()`` on a symbolic shape makes torch.export assert H * W != 1 at run time (a 1x1
-    P7 of a 128-pixel image).
-
-    Args:
-        q, k: (N, L, D); v: (N, L, C).
-    Returns:
-        (N, L, C).
-    """
-    q, k, v = pad_qk_to_value_width(q, k, v)
-    q, k, v = (t.clone(memory_format=torch.contiguous_format).unsqueeze(1) for t in (q, k, v))  # (N, 1, L, E)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+# The attention inside exported graphs (torch.export, the ONNX exporters, TorchScript tracing):
+# one ``scaled_dot_product_attention`` op, q and k zero-padded to v's width on CPU so that PyTorch's
+# runtime takes its fused kernel (memory linear in L); onnxruntime computes it as
+# MatMul-Softmax-MatMul. Why not the eager paths: blockwise attention is a Python loop whose block
+# count depends on H * W (a graph would keep the count of the traced image), and the
+# dense/blockwise choice is a branch on the shape.
+# (q (N, L, D), k (N, L, D), v (N, L, C), scale) -> (N, L, C).
+export_attention: AttentionFn = functools.partial(sdpa_attention, pad_qk_on_cpu=True)
 
 
 @contextlib.contextmanager
 def exportable_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Within it, every self-attention of ``model`` computes :func:`export_attention`.
+    """Within it, every self-attention of ``model`` computes :data:`export_attention`.
 
     Attention fixed to the dense path (the ``self_dense`` kind) keeps it: two matmuls and a
     softmax are already a fixed graph. Each module gets its own implementation back on exit.
@@ -137,51 +99,11 @@ def raw_head_outputs(model: torch.nn.Module, image: torch.Tensor) -> Tuple[List[
         the head's output as it is (cls logits (1, A*K, Hi, Wi), box deltas (1, A*4, Hi, Wi),
         [conf logits (1, A, Hi, Wi) | centerness logits (1, 1, Hi, Wi)]), then scores (1, Hi*Wi*A, K).
     """
-    widths = [width for _, width in model.head_outputs]
-    if torch.compiler.is_exporting():
-        padded = _normalized_and_padded(model, image)
-    else:
-        padded = model.preprocess_image([{"image": image}]).tensor
-    features = model.backbone(padded)
+    images = model.preprocess_image([{"image": image}])  # (1, 3, H', W') normalised and padded
+    features = model.backbone(images.tensor)
     predictions = list(model.head([features[f] for f in model.head_in_features]))
-    anchor_major = [[_anchor_major(x, width) for x in per_level] for per_level, width in zip(predictions, widths)]
+    anchor_major = transpose_dense_predictions(predictions, [width for _, width in model.head_outputs])
     return (*predictions, model.per_anchor_scores(anchor_major))
-
-
-def _anchor_major(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, A*K, H, W) -> (N, H*W*A, K), the order of detectron2's ``permute_to_N_HWA_K``.
-
-    Reason: its ``reshape`` of a permuted tensor decides between a view and a copy from the
-    sizes, and torch.export turns that decision into an assertion that no level is 1x1; a copy
-    to contiguous memory first leaves nothing to decide.
-    """
-    n, _, h, w = x.shape
-    return x.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).clone(memory_format=torch.contiguous_format).view(n, -1, k)
-
-
-def _normalized_and_padded(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """``model.preprocess_image`` for one image, with the padded size computed in Python ints.
-
-    Reason: detectron2's ``ImageList.from_tensors`` computes it as tensors (so that
-    ``torch.jit.trace`` keeps it dynamic); torch.export takes those for data and stops ("Could not
-    guard on data-dependent expression"), while Python ints of a symbolic shape stay symbolic.
-
-    Args:
-        image: (3, H, W), unnormalised.
-    Returns:
-        (1, 3, H', W'): normalised, zero-padded at the bottom and right to the backbone's
-        ``square_size`` padding constraint (detectron2 main) if any, then up to its size divisibility.
-    """
-    divisibility = model.backbone.size_divisibility
-    constraints = getattr(model.backbone, "padding_constraints", None) or {}
-    divisibility = constraints.get("size_divisibility", divisibility)
-    x = (image - model.pixel_mean) / model.pixel_std
-    height, width = x.shape[-2:]
-    square = constraints.get("square_size", 0)
-    target_h, target_w = (square, square) if square > 0 else (height, width)
-    if divisibility > 1:  # rounded up, as ImageList does (after the square size, if any)
-        target_h, target_w = target_h + (-target_h) % divisibility, target_w + (-target_w) % divisibility
-    return torch.nn.functional.pad(x, (0, target_w - width, 0, target_h - height)).unsqueeze(0)
 
 
 def output_names(model: torch.nn.Module) -> List[str]:
@@ -340,55 +262,8 @@ def postprocess(model: torch.nn.Module, flat: Sequence[torch.Tensor], image_size
     """
     out = unflatten(model, flat)
     anchors = model.anchor_generator(out["cls_logits"])  # uses only the level shapes
-    deltas = model._transpose_dense_predictions([out["box_deltas"]], [4])[0]
+    deltas = transpose_dense_predictions([out["box_deltas"]], [4])[0]  # per level (1, Hi*Wi*A, 4)
     result = model.inference_single_image(anchors, [s[0] for s in out["scores"]], [d[0] for d in deltas],
                                           tuple(image_size))
     return detector_postprocess(result, *output_size)
 
-
-def median_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def max_abs_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    """Largest absolute elementwise difference between two equally long lists of same-shape tensors."""
-    assert len(a) == len(b), f"{len(a)} outputs against {len(b)}"
-    for x, y in zip(a, b):
-        assert x.shape == y.shape, f"shapes {tuple(x.shape)} and {tuple(y.shape)} differ"
-    return max(((x.float() - y.float()).abs().max().item() if x.numel() else 0.0) for x, y in zip(a, b))
-
-
-def compare_detections(reference: Instances, other: Instances) -> Dict[str, float]:
-    """How far two detection sets are apart, each reference detection matched to the closest box of
-    the same class in ``other`` (greedy, in score order).
-
-    Matching, not position, pairs detections: scores that differ by 1e-6 may swap two
-    detections' places in the sorted output without changing the set.
-
-    Returns:
-        {"count": reference count, "count_other", "unmatched" (reference detections with no
-        same-class partner left), "max_box_diff", "max_score_diff" (over matched pairs)}.
-    """
-    ref_boxes, other_boxes = reference.pred_boxes.tensor.float(), other.pred_boxes.tensor.float()
-    free = torch.ones(len(other), dtype=torch.bool)
-    box_diff, score_diff, unmatched = 0.0, 0.0, 0
-    for i in range(len(reference)):
-        candidates = free & (other.pred_classes == reference.pred_classes[i])
-        if not candidates.any():
-            unmatched += 1
-            continue
-        distance = (other_boxes - ref_boxes[i]).abs().amax(dim=1).masked_fill(~candidates, float("inf"))
-        j = int(distance.argmin())
-        free[j] = False
-        box_diff = max(box_diff, float(distance[j]))
-        score_diff = max(score_diff, abs(float(reference.scores[i]) - float(other.scores[j])))
-    return {"count": len(reference), "count_other": len(other), "unmatched": unmatched,
-            "max_box_diff": box_diff, "max_score_diff": score_diff}

@@ -55,20 +55,39 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     return torch.bmm(weights.to(v.dtype), v)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """PyTorch's ``scaled_dot_product_attention`` on q, k and v as they are (one head).
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                   pad_qk_on_cpu: bool = False) -> torch.Tensor:
+    """softmax(q k^T * scale) v as one ``scaled_dot_product_attention`` op (one head).
 
     On CUDA its memory-efficient kernel takes q and k narrower than v (D != C), in fp32 too, in
-    memory linear in L. On CPU no fused kernel takes D != C, and it silently falls back to the
-    quadratic math path: use :func:`auto_attention` (which picks per device) rather than this directly.
+    memory linear in L. On CPU no fused kernel takes D != C, and the op silently falls back to the
+    quadratic math path, unless ``pad_qk_on_cpu`` zero-pads q and k from D to C: the padding
+    leaves Q K^T unchanged (``scale`` stays the caller's) but makes it cost C / D times its math.
+    Models use :func:`auto_attention` (which picks per device); the exporter sets the padded form
+    (``dsanet.export.export_attention``), which a graph holds as one op for every map size.
 
     Args:
         q, k: (N, L, D); v: (N, L, C).
+        pad_qk_on_cpu: on a CPU tensor with D != C, pad q and k to (N, L, C) first.
     Returns:
         (N, L, C).
     """
-    q, k, v = (t.unsqueeze(1).contiguous() for t in (q, k, v))  # (N, 1, L, E), contiguous in E
+    if pad_qk_on_cpu and q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
+        pad = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+    q, k, v = (_contiguous(t).unsqueeze(1) for t in (q, k, v))  # (N, 1, L, E), contiguous in E
     return F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+
+
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in contiguous memory: ``contiguous()`` eagerly (no copy when it already is), a clone under torch.export.
+
+    Reason: ``contiguous()`` on a symbolic shape makes torch.export assert H * W != 1 at run time
+    (a 1x1 P7 of a 128-pixel image); a clone decides nothing from the shape.
+    """
+    if torch.compiler.is_exporting():
+        return x.clone(memory_format=torch.contiguous_format)
+    return x.contiguous()
 
 
 def attention_path(device_type: str, batch: int, length_q: int, length_k: int,
@@ -117,8 +136,8 @@ class SelfAttention2d(nn.Module):
     names the attention implementation (a key of :data:`ATTENTION_IMPLS`; all exact): "auto"
     picks dense, blockwise or SDPA per shape and device (:func:`attention_path`). It may also be
     an :data:`AttentionFn`, set by whoever needs another exact path (the exporter sets one op that
-    a graph can hold, ``dsanet.export.export_attention``); such a function asks for q, k, v
-    contiguous in their last dim by a true ``needs_contiguous_qkv`` attribute. With
+    a graph can hold, ``dsanet.export.export_attention``); such a function gets q, k, v as strided
+    views of the convs' outputs and makes them contiguous itself where it needs. With
     ``stride=2`` (paper Fig. 5, for P3) the three convs halve the resolution, attention runs at
     half resolution, and the result is upsampled (nearest) back to H x W; ``kernel_size`` 3 is
     padded so that the half-resolution grid stays aligned.
@@ -148,7 +167,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) -> attention feature (N, C, H, W)."""
-        if self._needs_contiguous_qkv(x.device.type):
+        if self._runs_sdpa(x.device.type):
             # SDPA needs q, k, v contiguous in their last dim: channels_last makes the conv outputs
             # (N, l, D|C) contiguous views. Dense and blockwise read the transposed views as they
             # are, so there the copy of x (one more (N, C, H, W) tensor, kept for backward) is skipped.
@@ -163,10 +182,9 @@ class SelfAttention2d(nn.Module):
             out = F.interpolate(out, size=x.shape[-2:], mode="nearest")
         return out
 
-    def _needs_contiguous_qkv(self, device_type: str) -> bool:
-        """True when the attention will run SDPA, which wants q, k, v contiguous in their last dim."""
-        if callable(self.impl):
-            return getattr(self.impl, "needs_contiguous_qkv", False)
+    def _runs_sdpa(self, device_type: str) -> bool:
+        """True when ``impl`` names the SDPA path ("sdpa", or "auto" on CUDA): SDPA wants q, k, v
+        contiguous in their last dim. A callable ``impl`` gets them as they are."""
         return self.impl == "sdpa" or (self.impl == "auto" and device_type == "cuda")
 
 

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["BLOCK_BUDGET_BYTES", "attention_flops", "blockwise_attention", "query_block_rows"]
+__all__ = ["BLOCK_BUDGET_BYTES", "blockwise_attention", "query_block_rows"]
 
 # Bytes one block's (N, B, L) fp32 score matrix may take. The backward holds two such matrices
 # (P and dP) at once. 8 MiB keeps both within a few tens of MiB at P3 while the per-block matrix
@@ -156,9 +156,3 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
         q, k, v = (t.to(compute_dtype) for t in (q, k, v))
         out = _BlockwiseAttention.apply(q, k, v, float(scale), int(block_rows))
     return out.to(dtype)
-
-
-def attention_flops(batch: int, length_q: int, length_k: int, qk_dim: int, v_dim: int) -> int:
-    """Multiply-adds of softmax(Q K^T) V's two matrix products: N * Lq * Lk * (D + C)."""
-    return batch * length_q * length_k * (qk_dim + v_dim)
-
