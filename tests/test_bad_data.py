@@ -162,7 +162,7 @@ def test_unusable_annotations_are_dropped_with_a_logged_count(tmp_path, caplog):
 
     # The evaluator's ground truth drops the same annotations (not only the training records).
     evaluator = COCOEvaluatorWithRecall(name, output_dir=str(tmp_path / "eval"))
-    assert sorted(evaluator._coco_api.getAnnIds()) == [1, 2, 3, 15]
+    assert sorted(evaluator.ground_truth.getAnnIds()) == [1, 2, 3, 15]
 
 
 def test_category_count_must_match_model_num_classes(tmp_path):

@@ -10,6 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import DSA_VARIANTS, detectron2_retinanet, head_outputs_with_one_branch, make_inputs, tiny_model
 from dsanet.modeling import DSABlock, DSANet, SelfAttention2d, SpatialAttention2d, fuse_scores
+from dsanet.modeling.dense_detector import transpose_dense_predictions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -118,7 +119,7 @@ def conf_training_pieces(model, inputs):
     model.train()
     images = model.preprocess_image(inputs)
     features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
-    logits, deltas, conf = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4, 1])
+    logits, deltas, conf = transpose_dense_predictions(model.head(features), [model.num_classes, 4, 1])
     anchors = model.anchor_generator(features)
     gt_labels, gt_boxes = model.label_anchors(anchors, [x["instances"] for x in inputs])
     with EventStorage():

@@ -62,29 +62,30 @@ class KeepBestModel(hooks.BestCheckpointer):
     def __init__(self, eval_period: int, model, output_dir: str, *, metric: str = "bbox/AP", mode: str = "max"):
         super().__init__(eval_period, _ModelOnlyCheckpointer(model, output_dir), metric, mode=mode,
                          file_prefix=_PREFIX)
-        self._output_dir = output_dir
+        self.output_dir = output_dir
+        self.metric, self.mode = metric, mode  # kept here: detectron2 keeps its own copies private
         self.best_iteration: Optional[int] = None  # iterations trained when the kept model was evaluated
 
     def before_train(self) -> None:
         # On --resume: continue from the kept best, so a worse evaluation cannot replace it.
-        record = read_best_record(self._output_dir)
-        if record is not None and record.get("metric") == self._val_metric and self.trainer.start_iter > 0 \
+        record = read_best_record(self.output_dir)
+        if record is not None and record.get("metric") == self.metric and self.trainer.start_iter > 0 \
                 and record["iteration"] <= self.trainer.start_iter:
             self.best_metric, self.best_iteration = float(record["value"]), int(record["iteration"])
             self.best_iter = self.best_iteration - 1  # detectron2's count, for its own log lines
-            logger.info("Best %s so far: %.4f at iteration %d (%s)", self._val_metric, self.best_metric,
-                        self.best_iteration, os.path.join(self._output_dir, BEST_WEIGHTS))
+            logger.info("Best %s so far: %.4f at iteration %d (%s)", self.metric, self.best_metric,
+                        self.best_iteration, os.path.join(self.output_dir, BEST_WEIGHTS))
 
     def _check_and_record(self, check, iterations_trained: int) -> None:
         before = (self.best_metric, self.best_iter)
         check()
         if self.best_iter is not None and (self.best_metric, self.best_iter) != before:
             self.best_iteration = iterations_trained
-            record = {"iteration": iterations_trained, "metric": self._val_metric, "value": float(self.best_metric),
-                      "mode": "max" if self._compare.__name__ == "gt" else "min", "file": BEST_WEIGHTS}
-            write_json(os.path.join(self._output_dir, BEST_RECORD), record)
-            logger.info("Best model so far: iteration %d, %s %.4f -> %s", iterations_trained, self._val_metric,
-                        self.best_metric, os.path.join(self._output_dir, BEST_WEIGHTS))
+            record = {"iteration": iterations_trained, "metric": self.metric, "value": float(self.best_metric),
+                      "mode": self.mode, "file": BEST_WEIGHTS}
+            write_json(os.path.join(self.output_dir, BEST_RECORD), record)
+            logger.info("Best model so far: iteration %d, %s %.4f -> %s", iterations_trained, self.metric,
+                        self.best_metric, os.path.join(self.output_dir, BEST_WEIGHTS))
 
     def after_step(self) -> None:
         self._check_and_record(super().after_step, self.trainer.iter + 1)
@@ -120,13 +121,14 @@ def default_weights(output_dir: Optional[str], config_file: Optional[str] = None
 
 WEIGHTS_HELP = ("checkpoint (.pth/.pkl or detectron2:// URL); default: model_best.pth (the best evaluated model) of "
                 "the config's training output folder (train.output_dir, or the folder of a config.yaml that "
-                "training saved) when it exists, else model_final.pth there")
+                "training saved) when it exists, else model_final.pth there, else the trained model that ships "
+                "for the config (configs/Demo/dsanet_conf_synthetic_cpu.py has one)")
 
 
 def weights_for_tool(weights: Optional[str], config_file: str, opts: Sequence[str] = (), *,
                      init_checkpoint_last: bool = False) -> str:
     """The checkpoint a tool loads: ``weights`` when given, else ``default_weights`` of the config's output
-    folder (named on stderr). With ``init_checkpoint_last`` (demo/demo.py, which always read it), a
+    folder, else the trained model that ships for the config (``dsanet.model_zoo``), named on stderr. With ``init_checkpoint_last`` (demo/demo.py, which always read it), a
     ``train.init_checkpoint=`` in ``opts`` comes before the default, the config's own after it.
 
     Raises:
@@ -147,4 +149,10 @@ def weights_for_tool(weights: Optional[str], config_file: str, opts: Sequence[st
         return path
     if init_checkpoint_last and init_checkpoint:
         return init_checkpoint
+    from .model_zoo import trained_weights
+
+    shipped = trained_weights(config_file)
+    if shipped is not None:
+        print(f"weights: {shipped}, the trained model that ships for {config_file} ({why})", file=sys.stderr)
+        return shipped
     raise UserInputError(f"no weights: give --weights ({why})")

@@ -19,6 +19,7 @@ import pickle
 import re
 from typing import Any, Dict
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -95,8 +96,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
         here rather than in the parent, so that the weights handed on are the ones loaded: fvcore drops
         those of another shape from that very dict.
         """
+        # fvcore's extension point, private by name (listed in dsanet.compat.PRIVATE_DETECTRON2_NAMES).
         if checkpoint.get("matching_heuristics", False):
-            self._convert_ndarray_to_tensor(checkpoint["model"])
+            _arrays_to_tensors(checkpoint["model"])
             checkpoint["model"] = align_and_update_state_dicts(
                 self.model.state_dict(), checkpoint["model"], c2_conversion=checkpoint.get("__author__") == "Caffe2")
             checkpoint["matching_heuristics"] = False  # done: the parent must not match again
@@ -134,6 +136,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
                       lambda f: f.write(last_filename_basename.encode()))
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        """The checkpoint dict of ``filename`` (``{"model": state dict, ...}``), read without running code
+        unless ``allow_unsafe_pickle``; any failure is one UserInputError naming the file."""
+        # fvcore's extension point, private by name (listed in dsanet.compat.PRIVATE_DETECTRON2_NAMES).
         try:
             if filename.endswith(".pkl") and not self.allow_unsafe_pickle:
                 with open(filename, "rb") as f:
@@ -173,6 +178,16 @@ class CheckedCheckpointer(DetectionCheckpointer):
         data = data.get("blobs", data)  # Detectron (Caffe2) detection models keep weights in "blobs"
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _arrays_to_tensors(state_dict: Dict[str, Any]) -> None:
+    """Turns each numpy array of ``state_dict`` into a tensor, in place (name matching compares shapes);
+    a value that is neither is a ValueError, as fvcore's loader has it."""
+    for name, value in list(state_dict.items()):
+        if isinstance(value, np.ndarray):
+            state_dict[name] = torch.from_numpy(value)
+        elif not isinstance(value, torch.Tensor):
+            raise ValueError(f"Unsupported type found in checkpoint! {name}: {type(value)}")
 
 
 def _refusal(error: BaseException) -> str:

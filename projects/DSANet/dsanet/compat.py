@@ -5,20 +5,23 @@ sources of v0.6 without their compiled ops (see ``tools/install_detectron2.py``)
 predate today's numpy, Pillow, setuptools and torch. Each shim below fixes one such gap, says why
 in one line, and does nothing where the installed detectron2 does not need it.
 ``apply()`` runs when ``dsanet`` is imported; import ``dsanet`` before ``detectron2.layers``.
+:func:`applied_shims` lists what it changed, and it is logged once (logger ``dsanet.compat``).
 """
 import importlib
 import importlib.util
+import logging
 import random
 import re
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy
 import torch
 
-__all__ = ["apply", "MissingCompiledOpError", "create_ddp_model", "has_compiled_ops", "tracing_adapter_class"]
+__all__ = ["apply", "applied_shims", "MissingCompiledOpError", "create_ddp_model", "has_compiled_ops", "tracing_adapter_class"]
 
 FULL_BUILD_HINT = (
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
@@ -167,10 +170,9 @@ class _SetSamplingRandom(random.Random):
 
 
 def _map_dataset_retries_with_clear_sampling() -> bool:
-    # Reason: MapDataset retries a skipped element with random.sample of the elements not yet
-    # skipped: of a set on v0.6 (Python 3.11 refuses it), and on every version, once all are
-    # skipped, of an empty pool ("Sample larger than population", naming nothing).
-    if "self._rng.sample(" not in _source_of("detectron2.data.common"):
+    # Reason: v0.6's MapDataset retries a skipped element with random.sample of a set, which Python
+    # 3.11 refuses (main samples a list); the same stand-in also names an empty pool in one line.
+    if "self._rng.sample(self._fallback_candidates" not in _source_of("detectron2.data.common"):
         return False
     from detectron2.data import common
 
@@ -205,21 +207,34 @@ _applied: Optional[dict] = None
 def apply() -> dict:
     """Apply every shim that the installed detectron2 needs (idempotent).
 
+    The detectron2 modules a shim patches are imported with detectron2's, fvcore's and torch's
+    import-time internal warnings quiet; the warning filters are left as they were.
+
     Returns:
         dict: shim name -> what it did (False / [] where it was a no-op).
     """
     global _applied
     if _applied is None:
-        # Order matters: the Pillow alias must exist before anything imports detectron2.data.
-        _applied = {
-            "pillow_linear_alias": _alias_pillow_linear(),
-            "compiled_ops_stand_in": _import_modules_that_need_compiled_ops(),
-            "numpy_aliases": _restore_numpy_aliases(),
-            "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
-            "map_dataset_sampling": _map_dataset_retries_with_clear_sampling(),
-            "retinanet_head_group_norm": _retinanet_head_norm_probe_for_group_norm(),
-        }
+        from .internal_warnings import quiet_internal_warnings
+
+        with quiet_internal_warnings():
+            # Order matters: the Pillow alias must exist before anything imports detectron2.data.
+            _applied = {
+                "pillow_linear_alias": _alias_pillow_linear(),
+                "compiled_ops_stand_in": _import_modules_that_need_compiled_ops(),
+                "numpy_aliases": _restore_numpy_aliases(),
+                "model_zoo_pkg_resources": _import_model_zoo_without_pkg_resources(),
+                "map_dataset_sampling": _map_dataset_retries_with_clear_sampling(),
+                "retinanet_head_group_norm": _retinanet_head_norm_probe_for_group_norm(),
+            }
+        if applied_shims():
+            logging.getLogger(__name__).info("detectron2 version shims applied: %s", ", ".join(applied_shims()))
     return _applied
+
+
+def applied_shims() -> list:
+    """Names of the shims that changed something in this process ([] where detectron2 needs none)."""
+    return [name for name, did in apply().items() if did]
 
 
 def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
@@ -261,3 +276,31 @@ def tracing_adapter_class() -> type:
             if getattr(detectron2, "export", None) is package:
                 delattr(detectron2, "export")
     return sys.modules["detectron2.export.flatten"].TracingAdapter
+
+
+# ----------------------------------------------------------------------------------------------
+# Private detectron2 names.
+
+# Every private detectron2 (or fvcore) name that dsanet relies on, each used in one place:
+# (owner's dotted path, attribute, what relies on it and what breaks without it).
+# tests/test_detectron2_private_names.py checks that each exists on the installed detectron2.
+PRIVATE_DETECTRON2_NAMES = (
+    ("detectron2.modeling.meta_arch.dense_detector.DenseDetector", "_ema_update",
+     "DSADenseDetectorMixin._ema_update feeds RetinaNet's and FCOS's loss-normaliser EMA the positives of all "
+     "processes; without this hook each process would normalise by its own positives only"),
+    ("detectron2.evaluation.COCOEvaluator", "_coco_api",
+     "COCOEvaluatorWithRecall.ground_truth: the ground truth that validation-dropped annotations are removed "
+     "from and unreadable images are left out of; without it the evaluator cannot be built"),
+    ("detectron2.evaluation.COCOEvaluator", "_derive_coco_results",
+     "COCOEvaluatorWithRecall adds AR, ARs, ARm, ARl from the COCOeval this hook receives; without it "
+     "the paper's four recall numbers are missing (NaN)"),
+    ("detectron2.data.DatasetMapper", "_transform_annotations",
+     "RobustDatasetMapper (data/mapper.py) transforms a training record's boxes with it, as DatasetMapper "
+     "does; without it every training image that could be read raises AttributeError"),
+    ("detectron2.checkpoint.DetectionCheckpointer", "_load_file",
+     "CheckedCheckpointer reads checkpoints without running code through this fvcore hook; without it "
+     ".pkl files would be unpickled with plain pickle and unreadable files not named"),
+    ("detectron2.checkpoint.DetectionCheckpointer", "_load_model",
+     "CheckedCheckpointer matches weights by name and refuses a file that matches no weight through this "
+     "fvcore hook; without it such a file would leave the model silently at its initialisation"),
+)

@@ -7,8 +7,7 @@ import hashlib
 import logging
 import math
 import os
-import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -23,11 +22,11 @@ from . import compat
 from .best_checkpoint import BEST_WEIGHTS, KeepBestModel
 from .checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from .errors import UserInputError
-from .precision import cpu_autocast_dtype, inference_autocast
+from .precision import autocast, cpu_autocast_dtype, inference_autocast
 
 __all__ = ["do_train", "do_test", "evaluate_kept_model", "load_weights", "make_checkpointer", "LossNormalizerState",
            "CheckedCheckpointer", "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer",
-           "WeightsAgreeAcrossProcesses"]
+           "TrainingForward", "raise_on_non_finite_losses", "WeightsAgreeAcrossProcesses"]
 
 logger = logging.getLogger("dsanet")
 
@@ -114,24 +113,66 @@ def _drop_partial_last_record(metrics_file: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-class _NamesNonFiniteLosses:
-    """Trainer mixin: a non-finite loss stops training (before the optimizer step) with an error that
-    names each such loss; detectron2 checks only their sum and prints the whole dict."""
+def raise_on_non_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
+    """Raises FloatingPointError naming each non-finite loss (detectron2 checks only their sum and
+    prints the whole dict).
 
-    def _write_metrics(self, loss_dict: Dict[str, torch.Tensor], data_time: float, *args, **kwargs) -> None:
-        values = {k: v.detach().float().item() for k, v in loss_dict.items()}
-        bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"Loss became infinite or NaN at iteration={self.iter}: {', '.join(bad)} "
-                                     f"(all losses: {values})")
-        super()._write_metrics(loss_dict, data_time, *args, **kwargs)
+    Args:
+        loss_dict: loss name -> scalar tensor.
+        iteration: the trainer's iteration, for the message.
+    """
+    values = {k: v.detach().float().item() for k, v in loss_dict.items()}
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"Loss became infinite or NaN at iteration={iteration}: {', '.join(bad)} "
+                                 f"(all losses: {values})")
 
 
-class CheckedSimpleTrainer(_NamesNonFiniteLosses, SimpleTrainer):
+class TrainingForward(torch.nn.Module):
+    """The model as a trainer calls it: ``model(data)``, optionally under CPU autocast, whose losses
+    must be finite (a non-finite one stops training before backward and the optimizer step).
+
+    Why a wrapper: detectron2's ``SimpleTrainer.run_step`` says "if you want to do something with the
+    losses, you can wrap the model"; its step (data, zero_grad, backward, metrics, optimizer step)
+    then stays detectron2's own, on v0.6 and on main.
+
+    Args:
+        model: returns a dict of scalar losses in training mode (DDP-wrapped or not).
+        iteration: returns the trainer's current iteration, for the error message.
+        autocast_dtype: run the forward under ``torch.autocast("cpu", autocast_dtype)``; None: as called.
+    """
+
+    def __init__(self, model: torch.nn.Module, iteration: Callable[[], int],
+                 autocast_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.model = model
+        self.iteration = iteration
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, data: List[dict]) -> Dict[str, torch.Tensor]:
+        """data: a batch as the data loader gives it -> the model's losses (name -> scalar tensor)."""
+        with autocast("cpu", self.autocast_dtype):
+            loss_dict = self.model(data)
+        raise_on_non_finite_losses(loss_dict if isinstance(loss_dict, Mapping) else {"total_loss": loss_dict},
+                                   self.iteration())
+        return loss_dict
+
+
+class _CallsTrainingForward:
+    """Trainer mixin: the trainer's ``model`` becomes a :class:`TrainingForward` of the model given,
+    after detectron2's own constructor has checked and set that model up."""
+
+    def __init__(self, model, data_loader, optimizer, *args, autocast_dtype: Optional[torch.dtype] = None,
+                 **kwargs):
+        super().__init__(model, data_loader, optimizer, *args, **kwargs)
+        self.model = TrainingForward(self.model, lambda: self.iter, autocast_dtype)
+
+
+class CheckedSimpleTrainer(_CallsTrainingForward, SimpleTrainer):
     """detectron2's SimpleTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
 
 
-class CheckedAMPTrainer(_NamesNonFiniteLosses, AMPTrainer):
+class CheckedAMPTrainer(_CallsTrainingForward, AMPTrainer):
     """detectron2's AMPTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
 
 
@@ -139,27 +180,15 @@ class CPUAutocastTrainer(CheckedSimpleTrainer):
     """CheckedSimpleTrainer whose forward pass runs under ``torch.autocast("cpu", dtype)`` (bf16).
 
     Reason: detectron2's AMPTrainer asserts CUDA and scales fp16 gradients; bf16 has fp32's
-    exponent range, so no grad scaler is needed. Only the forward is autocast: backward runs each
-    op in the dtype its forward used, and the optimizer updates the fp32 parameters. The model
-    itself computes its losses and decoding in fp32 (see ``DSANet``).
+    exponent range, so no grad scaler is needed. Only the forward is autocast (in
+    :class:`TrainingForward`): backward runs each op in the dtype its forward used, and the
+    optimizer updates the fp32 parameters. The model itself computes its losses and decoding in
+    fp32 (see ``DSANet``).
     """
 
-    def __init__(self, model, data_loader, optimizer, dtype: torch.dtype = torch.bfloat16):
-        super().__init__(model, data_loader, optimizer)
+    def __init__(self, model, data_loader, optimizer, dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(model, data_loader, optimizer, autocast_dtype=dtype, **kwargs)
         self.autocast_dtype = dtype
-
-    def run_step(self) -> None:
-        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        with torch.autocast("cpu", dtype=self.autocast_dtype):
-            loss_dict = self.model(data)
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
 
 
 def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:

@@ -48,10 +48,11 @@ class FPNWithoutTopDown(FPN):
             for name, lateral_conv, output_conv in zip(
                 reversed(self.in_features), self.lateral_convs, self.output_convs)
         ][::-1]
+        names = list(self.output_shape())  # FPN's level names, finest first ("p3", ..., "p7")
         if self.top_block is not None:
             if self.top_block.in_feature in bottom_up_features:
                 top_input = bottom_up_features[self.top_block.in_feature]
             else:
-                top_input = results[self._out_features.index(self.top_block.in_feature)]
+                top_input = results[names.index(self.top_block.in_feature)]
             results.extend(self.top_block(top_input))
-        return dict(zip(self._out_features, results))
+        return dict(zip(names, results))

@@ -50,6 +50,7 @@ class DSAHeadMixin:
         if len(in_features) != len(input_shape):
             raise ValueError(f"in_features={list(in_features)} but input_shape has {len(input_shape)} levels")
         self.dsa_location = dsa_location
+        self.num_levels = len(input_shape)
         self.dsa = None
         if normalize_levels(dsa_levels):
             channels = input_shape[0].channels if dsa_location == "before" else conv_dims[-1]
@@ -69,7 +70,7 @@ class DSAHeadMixin:
         Returns:
             (cls_feats, reg_feats): per level (N, conv_dims[-1], Hi, Wi), what the predictors see.
         """
-        assert len(features) == self._num_features
+        assert len(features) == self.num_levels
         cls_in, reg_in = features, features
         if self.dsa is not None and self.dsa_location == "before":
             cls_in, reg_in = self.dsa(features, features)
