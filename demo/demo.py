@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint; default: train.init_checkpoint when given in --opts, else model_best.pth "
                              "(the best evaluated model) of the config's training output folder (train.output_dir, "
                              "or the folder of a config.yaml that training saved) when it exists, else model_final.pth "
-                             "there, else the config's train.init_checkpoint")
+                             "there, else the config's train.init_checkpoint, else the trained model that ships for "
+                             "the config (configs/Demo/dsanet_conf_synthetic_cpu.py has one)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score to keep: with object confidence the fused score cls^(1-a) * conf^a, "
                              "on FCOS sqrt(cls * centerness)")
