@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 from dsanet_lab import pages
-from dsanet_lab.pages import captions, paper
+from dsanet_lab.pages import captions, paper, shipped
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES_PACKAGE = REPO / "projects" / "DSANet" / "dsanet_lab" / "pages"
@@ -75,13 +75,20 @@ def test_every_registered_file_exists():
 
 @pytest.fixture
 def docs_copy(tmp_path):
-    """The pages and the kept results, copied with their layout into a scratch root."""
+    """The pages, the kept results and every other file a table is rendered from, copied with their
+    layout into a scratch root."""
     for page in tracked_markdown():
         target = tmp_path / page.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(page, target)
     shutil.copytree(RESULTS, tmp_path / "benchmarks" / "results", dirs_exist_ok=True)
     shutil.copy(REPO / paper.PAPER_TABLES, tmp_path / paper.PAPER_TABLES)
+    for spec in pages.TABLES.values():
+        for relative in spec.sources + spec.inputs:
+            source = REPO / pages.source_path(relative)
+            if source.is_file() and not (tmp_path / pages.source_path(relative)).exists():
+                (tmp_path / pages.source_path(relative)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, tmp_path / pages.source_path(relative))
     return tmp_path
 
 
@@ -163,9 +170,13 @@ def _variant_names() -> Set[str]:
     return names
 
 
+# A results file's path in the registry is where the file lies, not what the renderers say.
+RESULTS_FILE_LITERAL = re.compile(r"""(["'])[\w./-]+\.json\1""")
+
+
 def _renderer_code() -> Dict[str, str]:
     files = sorted(PAGES_PACKAGE.glob("*.py")) + [RENDER_TOOL]
-    return {str(path.relative_to(REPO)): path.read_text() for path in files}
+    return {str(path.relative_to(REPO)): RESULTS_FILE_LITERAL.sub('""', path.read_text()) for path in files}
 
 
 def test_renderers_name_no_variant_and_read_no_makefile():
@@ -237,6 +248,70 @@ def test_a_recipe_study_compares_with_its_own_first_variant():
     data = json.loads(json.dumps(data).replace('"old_recipe"', '"reference_x"'))
     text = pages.TABLES["study_small_custom"].render(data)
     assert "ΔAP vs reference_x" in text and "old_recipe" not in text
+
+
+# ---------------------------------------------------------------- the quick start's tables
+def _ten_numbers(first: float) -> Dict[str, float]:
+    return {name: first + i for i, name in enumerate(shipped.COCO_METRICS)}
+
+
+def _quick_start_records() -> Dict[str, dict]:
+    """A trained model's metrics.json, a make demo record and a make setup record, as their writers
+    lay them out (numbers made up), by registered table."""
+    from dsanet_lab.provenance import provenance
+
+    return {
+        "trained_model": {"config": "configs/x.py", "weights": "some/folder/model_final_0123abcd.pth",
+                          "size_bytes": 2_500_000, "dtype": "float16", "metrics": _ten_numbers(50.0),
+                          "accuracy_test": {"images": 20, "threads": 1, "AP": 61.0, "AP50": 90.0, "AP75": 70.5,
+                                            "detections": [[[1, 2, 30, 40, 0.9, 0]] * 5, [[5, 6, 50, 60, 0.8, 2]] * 4]},
+                          "provenance": provenance("python tools/x.py")},
+        "make_demo": {"command": "make demo", "wall_seconds": 431.7, "metrics": _ten_numbers(40.0),
+                      "provenance": provenance("make demo")},
+        "make_setup": {"command": "make setup", "wall_seconds": 45.0, "download_bytes": 812_300_000,
+                       "venv_bytes": 2_310_000_000, "provenance": provenance("make setup")},
+    }
+
+
+def test_the_trained_model_table_shows_its_file_its_ten_numbers_and_what_the_test_pins():
+    record = _quick_start_records()["trained_model"]
+    rows = _rows(shipped.trained_model(record))
+    assert rows["`model_final_0123abcd.pth` (float16, 2.5 MB), validation split"][1:] == [
+        f"{value:.1f}" for value in record["metrics"].values()]
+    pinned = rows["accuracy test: 20 images, 1 torch thread, 9 detections of its first 2 images"]
+    assert pinned[1:4] == ["61.0", "90.0", "70.5"] and set(pinned[4:]) == {"—"}
+    record["accuracy_test"].update(images=["a.jpg", "b.jpg", "c.jpg"], detections=7)  # listed, or counted
+    assert "accuracy test: 3 images, 1 torch thread, 7 detections |" in shipped.trained_model(record)
+
+
+def test_the_make_tables_show_wall_time_and_what_the_run_measured_or_installed():
+    records = _quick_start_records()
+    demo_row = _rows(shipped.timed_run(records["make_demo"]))["`make demo`"]
+    assert demo_row[1] == "7.2 min" and demo_row[2:] == [f"{v:.1f}" for v in records["make_demo"]["metrics"].values()]
+    assert _rows(shipped.setup_run(records["make_setup"]))["`make setup`"][1:] == ["45 s", "812.3 MB", "2.31 GB"]
+
+
+def test_the_quick_start_tables_render_and_check_from_their_files(docs_copy):
+    """Their files in place and their markers on the README: rendered, then agreeing with --check, with a
+    caption linking each file from the page; a number changed in a file is caught."""
+    readme = docs_copy / "README.md"
+    text = readme.read_text()
+    for name, record in _quick_start_records().items():
+        path = docs_copy / pages.source_path(pages.TABLES[name].sources[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        if f"<!-- render: {name} -->" not in text:
+            text += f"\n<!-- render: {name} -->\n<!-- /render -->\n"
+    readme.write_text(text)
+    pages.process(docs_copy, check=False)
+    assert pages.process(docs_copy, check=True) == []
+    rendered = readme.read_text()
+    assert "| `make demo` | 7.2 min |" in rendered and "| `make setup` | 45 s |" in rendered
+    for name in ("trained_model", "make_demo", "make_setup"):
+        assert f"]({pages.source_path(pages.TABLES[name].sources[0])})" in rendered, name
+    demo_file = docs_copy / pages.source_path(pages.TABLES["make_demo"].sources[0])
+    demo_file.write_text(json.dumps({**_quick_start_records()["make_demo"], "wall_seconds": 99.0}))
+    assert [line for line in pages.process(docs_copy, check=True) if "'make_demo'" in line]
 
 
 # ---------------------------------------------------------------- captions
@@ -317,6 +392,8 @@ HISTORY = [
     (r"\bin the latest run\b", "in the latest run"),
     (r"\bafter a restart\b", "after a restart"),
     (r"\bthe target was\b", "a goal named but not defined"),
+    (r"\b(old|new) recipe\b", "old/new recipe"),
+    (r"\bso far\b", "so far"),
 ]
 NAMED_GOAL = re.compile(r"\bthe (\d+(?:\.\d+)?)x goal\b", re.I)
 
@@ -336,6 +413,7 @@ def test_history_words_are_caught_in_prose_only():
     assert history_findings("the 3x goal is out of reach")
     assert history_findings("This used to be slower; it no longer is.")
     assert history_findings("It is `x` now.")
+    assert history_findings("The new recipe beats the old recipe.") and history_findings("No GPU ran it so far.")
     assert not history_findings("The goal: at most 1.08x RetinaNet. The 1.08x goal is missed.")
     assert not history_findings("`old_recipe` against `new_recipe`:\n```bash\nmake now\n```\n")
 

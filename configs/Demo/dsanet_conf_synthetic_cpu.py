@@ -1,6 +1,6 @@
-# The main job (`make demo`): DSANet-Conf trained from scratch on the embedded synthetic dataset,
-# on CPU, in a few minutes. A narrow ResNet-18 (BN: no ImageNet weights to freeze), a 64-channel
-# FPN and anchors scaled to 128x128 images (objects of 16-64 pixels).
+# The main job (`make demo`): DSANet-Conf trained from scratch on the embedded synthetic dataset, on CPU
+# (its time: benchmarks/results/demo/make_demo.json). A narrow ResNet-18 (BN: no ImageNet weights to
+# freeze), a 64-channel FPN and anchors scaled to 128x128 images (objects of 16-64 pixels).
 #
 # Why the demo trains DSANet-Conf: it is the paper's model, the one the paper measured best on COCO
 # (Table 6, rows DSANet-Conf(50_x) and DSANet-Conf(101_x), the highest AP of each backbone; quoted in

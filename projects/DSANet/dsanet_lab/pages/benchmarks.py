@@ -98,12 +98,19 @@ def goals(entries: List[Dict[str, Any]]) -> str:
     return table(["goal (judged on the fp32 median)", "median (min-max)", "verdict"], rows)
 
 
+def goal_line(entries: List[Dict[str, Any]]) -> str:
+    """Each goal and the file's pass flag in one line, where a table above already shows its numbers."""
+    return "Goals (judged on the fp32 median): " + "; ".join(f"{goal['goal']}: {met(goal['pass'])}"
+                                                              for goal in entries) + "."
+
+
 def speed_goals(speed: Dict[str, Any]) -> str:
     return goals(speed["goals"])
 
 
 def make_bench_summary(summary: Dict[str, Any]) -> str:
-    """``make bench``'s summary: ratios per model with their spread, then its goals."""
+    """``make bench``'s summary: ratios per model with their spread, then its goals' verdicts (each goal's
+    number is one of the table's ratios)."""
     rows = []
     for name, model in summary["models"].items():
         def ratio(key: str) -> str:
@@ -114,7 +121,7 @@ def make_bench_summary(summary: Dict[str, Any]) -> str:
                      ratio("train_step_ratio_over_flop_ratio"), ratio("inference_ratio"),
                      ratio("inference_ratio_over_flop_ratio")])
     return (table(["model", "FLOP ratio", "train ratio", "train / FLOP", "inference ratio", "inference / FLOP"], rows)
-            + "\n\n" + goals(summary["goals"]))
+            + "\n\n" + goal_line(summary["goals"]))
 
 
 def profile_step(profile: Dict[str, Any]) -> str:

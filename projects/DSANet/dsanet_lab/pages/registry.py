@@ -5,9 +5,11 @@ A marker ``<!-- render: NAME -->`` on a page names one entry of :data:`TABLES`. 
 them, without a caption line (the paper's quoted numbers, cited in the page's own text)."""
 from typing import Callable, Dict, NamedTuple, Tuple
 
-from . import benchmarks, paper, pretraining, setups, sizing, studies
+from . import benchmarks, paper, pretraining, setups, shipped, sizing, studies
 
 PAPER = "../paper_coco.json"  # benchmarks/paper_coco.json, from benchmarks/results/
+# the trained model that ships in the package, beside its weights (dsanet.model_zoo), from benchmarks/results/
+TRAINED = "../../projects/DSANet/dsanet/trained/Demo/dsanet_conf_synthetic_cpu/metrics.json"
 
 
 class Table(NamedTuple):
@@ -18,6 +20,10 @@ class Table(NamedTuple):
 
 
 TABLES: Dict[str, Table] = {
+    # the quick start (README.md): the shipped trained model, and the make targets a user runs first
+    "trained_model": Table((TRAINED,), shipped.trained_model),
+    "make_setup": Table(("demo/make_setup.json",), shipped.setup_run),
+    "make_demo": Table(("demo/make_demo.json",), shipped.timed_run),
     # cost benchmarks (benchmarks/README.md)
     "attention": Table(("attention.json",), benchmarks.attention),
     "p3_budget": Table(("attention.json",), benchmarks.p3_budget),
