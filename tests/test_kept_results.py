@@ -1,6 +1,6 @@
 """Every kept result says what it depends on: the command, the date and the machine that made it.
 
-A result made by the project's tools carries ``dsanet.provenance.provenance()``; the few kept files made
+A result made by the project's tools carries ``dsanet_lab.provenance.provenance()``; the few kept files made
 before results recorded it carry what the repository itself records about them and say so
 (``recorded_after_the_run``). A new results file without a machine record fails here, by name."""
 import json
@@ -20,7 +20,7 @@ def test_there_are_kept_results():
 def test_a_kept_result_records_command_date_and_machine(path):
     data = json.loads(path.read_text())
     provenance = data.get("provenance")
-    assert provenance, f"{path}: no provenance record (dsanet.provenance.provenance())"
+    assert provenance, f"{path}: no provenance record (dsanet_lab.provenance.provenance())"
     assert provenance.get("date"), f"{path}: provenance without a date"
     if provenance.get("recorded_after_the_run"):
         return  # made before results recorded themselves: only what the repository records about it
