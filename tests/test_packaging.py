@@ -44,11 +44,13 @@ def test_model_zoo_works_from_an_installed_wheel_anywhere(installed_wheel, tmp_p
         "ablation = model_zoo.get_config('Ablations/dsanet_p3half_k3_R_50_FPN_1x.py')  # LazyConfig.load_rel",
         "custom = model_zoo.get_config('Custom/dsanet_conf_small_custom_cpu.py')  # load_rel of the demo",
         "model = model_zoo.get('COCO-Detection/dsanet_R_50_FPN_1x.py', device='cpu')",
+        "trained = model_zoo.get('Demo/dsanet_conf_synthetic_cpu.py', trained=True, device='cpu')  # shipped weights",
+        "assert model_zoo.trained_weights('Demo/dsanet_conf_synthetic_cpu.py').startswith(SITE)",
         "print(cfg.model.head.with_confidence, ablation.model.head.dsa_levels.p3, custom.model.num_classes,",
-        "      type(model).__name__)",
+        "      type(model).__name__, trained.training)",
     ])
     env = dict(os.environ, PYTHONPATH=str(installed_wheel), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run([sys.executable, "-c", f"SITE = {str(installed_wheel)!r}\n{code}"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["True", "self_half_k3", "1", "DSANet"]
+    assert result.stdout.split() == ["True", "self_half_k3", "1", "DSANet", "False"]
