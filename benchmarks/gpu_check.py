@@ -190,7 +190,7 @@ def training(settings: Settings, folder: Path) -> Dict[str, Any]:
     if settings.smoke:
         common.append("dataloader.train.total_batch_size=2")
     else:
-        common.append("train.amp.enabled=True")  # detectron2's AMPTrainer: fp16 with its grad scaler
+        common.append("train.amp.enabled=True")  # the trainer's fp16 autocast with a grad scaler
     n = settings.train_iterations
     started = time.perf_counter()
     _run([sys.executable, str(ROOT / "train_net.py"), "--config-file", str(config), *common,

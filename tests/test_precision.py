@@ -1,5 +1,6 @@
-"""bf16 mixed precision on CPU (dsanet.precision, CPUAutocastTrainer): training steps under bf16
-autocast against fp32 on the same seed, what stays fp32, resuming, and CPUs without native bf16."""
+"""bf16 mixed precision on CPU (dsanet.precision, CheckedSimpleTrainer with a MixedPrecision): training
+steps under bf16 autocast against fp32 on the same seed, what stays fp32, resuming, CPUs without
+native bf16, and how ``train.amp.precision`` picks the dtype (fp16 itself: tests/test_fp16.py)."""
 import itertools
 import logging
 import os
@@ -16,13 +17,14 @@ DEMO_CONFIG = ROOT / "configs" / "Demo" / "dsanet_conf_synthetic_cpu.py"
 
 def _train(dtype, steps: int = 4):
     """``steps`` SGD steps of a tiny DSANet-Conf (gamma from 0) on two fixed images: (model, optimizer)."""
-    from dsanet.engine import CheckedSimpleTrainer, CPUAutocastTrainer
+    from dsanet.engine import CheckedSimpleTrainer
+    from dsanet.precision import MixedPrecision
 
     model = tiny_model("common/models/dsanet_conf.py", seed=0).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = itertools.repeat(make_inputs())
-    trainer = (CPUAutocastTrainer(model, batches, optimizer, dtype=dtype) if dtype is not None
-               else CheckedSimpleTrainer(model, batches, optimizer))
+    trainer = CheckedSimpleTrainer(model, batches, optimizer, MixedPrecision("cpu", dtype))
+    assert not trainer.grad_scaler.is_enabled() and trainer.optimizer is optimizer  # bf16: no scaler
     for trainer.iter in range(steps):
         trainer.run_step()
     return model, optimizer
@@ -97,6 +99,55 @@ def test_without_native_bf16_the_switch_runs_fp32_and_says_so(monkeypatch, caplo
         "and slower than fp32; running in fp32"]
     cfg.train.amp.enabled = False
     assert cpu_autocast_dtype(cfg) is None
+
+
+# (train.device, train.amp.enabled, train.amp.precision, CPU has native bf16) -> (autocast dtype, scales gradients).
+# Only the config decides: the CUDA rows need no GPU.
+PRECISION_RULES = [
+    ("cpu", False, "auto", True, None, False),
+    ("cpu", False, "float16", True, None, False),  # the precision applies only with amp enabled
+    ("cpu", True, "auto", True, torch.bfloat16, False),
+    ("cpu", True, "auto", False, None, False),  # emulated bf16 would be slower than fp32: fp32, one line
+    ("cpu", True, None, True, torch.bfloat16, False),  # a config saved before the key: "auto"
+    ("cpu", True, "float16", False, torch.float16, True),
+    ("cpu", True, "bfloat16", False, torch.bfloat16, False),  # asked for explicitly: honoured
+    ("cuda", False, "auto", True, None, False),
+    ("cuda", True, "auto", True, torch.float16, True),
+    ("cuda", True, "float16", True, torch.float16, True),
+    ("cuda", True, "bfloat16", True, torch.bfloat16, False),
+]
+
+
+@pytest.mark.parametrize("device,enabled,choice,native,dtype,scales", PRECISION_RULES)
+def test_train_amp_precision_picks_the_autocast_dtype(device, enabled, choice, native, dtype, scales, monkeypatch):
+    from detectron2.config import LazyConfig
+    from dsanet.precision import FORCE_NO_BF16_ENV, amp_precision, cpu_autocast_dtype, cpu_has_native_bf16
+
+    if native and not cpu_has_native_bf16()[0]:
+        pytest.skip("this CPU has no native bf16")
+    if not native:
+        monkeypatch.setenv(FORCE_NO_BF16_ENV, "1")
+    cfg = LazyConfig.load(str(DEMO_CONFIG))
+    cfg.train.device, cfg.train.amp.enabled = device, enabled
+    if choice is None:
+        del cfg.train.amp.precision
+    else:
+        cfg.train.amp.precision = choice
+    precision = amp_precision(cfg)
+    assert (precision.device_type, precision.dtype, precision.scales_gradients) == (device, dtype, scales)
+    assert cpu_autocast_dtype(cfg) == (dtype if device == "cpu" else None)  # what evaluation and Predictor use
+
+
+def test_the_recipes_default_to_auto_and_a_bad_precision_is_one_clear_error():
+    from detectron2.config import LazyConfig
+    from dsanet.errors import UserInputError
+    from dsanet.precision import amp_precision
+
+    cfg = LazyConfig.load(str(ROOT / "configs" / "COCO-Detection" / "dsanet_conf_R_50_FPN_1x.py"))
+    assert dict(cfg.train.amp) == {"enabled": False, "precision": "auto"}
+    cfg.train.amp.enabled, cfg.train.amp.precision = True, "fp16"
+    with pytest.raises(UserInputError, match="train.amp.precision='fp16': choose one of 'auto', 'float16', 'bfloat16'"):
+        amp_precision(cfg)
 
 
 @pytest.mark.parametrize("native", [True, False])

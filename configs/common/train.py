@@ -6,7 +6,10 @@ train = dict(
     # only for checkpoints from a source you trust.
     allow_unsafe_pickle=False,
     max_iter=90000,
-    amp=dict(enabled=False),  # mixed precision: fp16 + grad scaler on CUDA, bf16 on a CPU with native bf16 (else fp32)
+    # Mixed precision. precision: "auto" is fp16 with a grad scaler on CUDA, bf16 on a CPU with native
+    # bf16 (else fp32, said in one line); "float16" (grad scaler included) or "bfloat16" on any device,
+    # e.g. train.amp.precision=float16 with train.device=cpu runs the GPU recipe's fp16 numerics on a CPU.
+    amp=dict(enabled=False, precision="auto"),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,  # evaluate every N iterations and after the last; 0: never (no final evaluation)

@@ -7,12 +7,13 @@ import hashlib
 import logging
 import math
 import os
+import warnings
 from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import SimpleTrainer, default_writers, hooks
 from detectron2.engine.train_loop import HookBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -22,11 +23,12 @@ from . import compat
 from .best_checkpoint import BEST_WEIGHTS, KeepBestModel
 from .checkpoint import CheckedCheckpointer, remove_stale_temporary_files
 from .errors import UserInputError
-from .precision import autocast, cpu_autocast_dtype, inference_autocast
+from .precision import MixedPrecision, amp_precision, inference_autocast
 
 __all__ = ["do_train", "do_test", "evaluate_kept_model", "load_weights", "make_checkpointer", "LossNormalizerState",
-           "CheckedCheckpointer", "CheckedSimpleTrainer", "CheckedAMPTrainer", "CPUAutocastTrainer",
-           "TrainingForward", "raise_on_non_finite_losses", "WeightsAgreeAcrossProcesses"]
+           "CheckedCheckpointer", "CheckedSimpleTrainer", "GradScalerStep", "TrainingForward",
+           "LRSchedulerOverSkippedSteps", "lr_scheduler_hook", "raise_on_non_finite_losses", "scaled_in_backward",
+           "WeightsAgreeAcrossProcesses"]
 
 logger = logging.getLogger("dsanet")
 
@@ -128,67 +130,154 @@ def raise_on_non_finite_losses(loss_dict: Mapping[str, torch.Tensor], iteration:
                                  f"(all losses: {values})")
 
 
+class _ScaledInBackward(torch.autograd.Function):
+    """Identity on a loss in forward; in backward, the incoming gradient times the grad scaler's scale.
+
+    Why: backward then computes the gradients of ``scaler.scale(loss)`` (what fp16 needs so that
+    small gradients do not flush to zero), while the loss the trainer sums and logs stays unscaled.
+    """
+
+    @staticmethod
+    def forward(ctx, loss: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
+        ctx.scaler = scaler
+        return loss.view_as(loss)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.scaler.scale(grad), None
+
+
+def scaled_in_backward(losses: Dict[str, torch.Tensor], scaler: torch.amp.GradScaler) -> Dict[str, torch.Tensor]:
+    """``losses`` (name -> scalar) whose gradients ``scaler`` scales in backward; unchanged when it is disabled."""
+    if not scaler.is_enabled():
+        return losses
+    return {name: _ScaledInBackward.apply(loss, scaler) for name, loss in losses.items()}
+
+
+class GradScalerStep:
+    """The optimizer as the trainer steps it under fp16: ``step()`` is ``scaler.step(optimizer)``
+    (unscale the gradients, skip the step if one is inf or NaN) then ``scaler.update()`` (adapt the
+    scale). Everything else (``zero_grad``, ``param_groups``, ``state_dict``...) is the optimizer's.
+
+    An optimizer that clips gradients in its own ``step`` (``SGDWithGradientClipping``) clips the
+    unscaled ones: ``scaler.step`` unscales before calling it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        self.optimizer = optimizer
+        self.scaler = scaler
+
+    def step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def __getattr__(self, name: str):
+        if name == "optimizer":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+
 class TrainingForward(torch.nn.Module):
-    """The model as a trainer calls it: ``model(data)``, optionally under CPU autocast, whose losses
-    must be finite (a non-finite one stops training before backward and the optimizer step).
+    """The model as a trainer calls it: ``model(data)`` under the run's autocast, whose losses must
+    be finite (a non-finite one stops training before backward and the optimizer step), and whose
+    gradients the fp16 grad scaler scales in backward.
 
     Why a wrapper: detectron2's ``SimpleTrainer.run_step`` says "if you want to do something with the
     losses, you can wrap the model"; its step (data, zero_grad, backward, metrics, optimizer step)
-    then stays detectron2's own, on v0.6 and on main.
+    then stays detectron2's own, on v0.6 and on main, for fp32, bf16 and fp16 alike.
 
     Args:
         model: returns a dict of scalar losses in training mode (DDP-wrapped or not).
         iteration: returns the trainer's current iteration, for the error message.
-        autocast_dtype: run the forward under ``torch.autocast("cpu", autocast_dtype)``; None: as called.
+        precision: the forward's autocast; None: fp32.
+        grad_scaler: scales the losses' gradients in backward; None or disabled: no scaling.
     """
 
     def __init__(self, model: torch.nn.Module, iteration: Callable[[], int],
-                 autocast_dtype: Optional[torch.dtype] = None):
+                 precision: Optional[MixedPrecision] = None, grad_scaler: Optional[torch.amp.GradScaler] = None):
         super().__init__()
         self.model = model
         self.iteration = iteration
-        self.autocast_dtype = autocast_dtype
+        self.precision = precision or MixedPrecision()
+        self.grad_scaler = (grad_scaler if grad_scaler is not None
+                            else torch.amp.GradScaler(self.precision.device_type, enabled=False))
 
     def forward(self, data: List[dict]) -> Dict[str, torch.Tensor]:
-        """data: a batch as the data loader gives it -> the model's losses (name -> scalar tensor)."""
-        with autocast("cpu", self.autocast_dtype):
+        """data: a batch as the data loader gives it -> the model's losses (name -> scalar tensor, unscaled)."""
+        with self.precision.autocast():
             loss_dict = self.model(data)
-        raise_on_non_finite_losses(loss_dict if isinstance(loss_dict, Mapping) else {"total_loss": loss_dict},
-                                   self.iteration())
-        return loss_dict
+        if not isinstance(loss_dict, Mapping):
+            loss_dict = {"total_loss": loss_dict}
+        raise_on_non_finite_losses(loss_dict, self.iteration())
+        return scaled_in_backward(dict(loss_dict), self.grad_scaler)
 
 
-class _CallsTrainingForward:
-    """Trainer mixin: the trainer's ``model`` becomes a :class:`TrainingForward` of the model given,
-    after detectron2's own constructor has checked and set that model up."""
+class CheckedSimpleTrainer(SimpleTrainer):
+    """detectron2's SimpleTrainer, its ``run_step`` unchanged, for fp32, bf16 and fp16 alike; a NaN or
+    infinite loss raises FloatingPointError naming that loss.
 
-    def __init__(self, model, data_loader, optimizer, *args, autocast_dtype: Optional[torch.dtype] = None,
-                 **kwargs):
-        super().__init__(model, data_loader, optimizer, *args, **kwargs)
-        self.model = TrainingForward(self.model, lambda: self.iter, autocast_dtype)
+    What mixed precision needs is composed around that step, as its comments invite: the model is
+    wrapped in :class:`TrainingForward` (autocast forward, finite losses, loss gradients scaled by
+    the fp16 grad scaler in backward), and with fp16 the optimizer in :class:`GradScalerStep`
+    (unscale, skip a step with inf/NaN gradients, update the scale). The scaler's state is saved with
+    the trainer's, under ``grad_scaler`` as detectron2's ``AMPTrainer`` saves it.
 
+    Why not detectron2's ``AMPTrainer``: its ``run_step`` asserts CUDA (v0.6 and main), uses the
+    deprecated ``torch.cuda.amp`` autocast and GradScaler (FutureWarnings), autocasts to fp16 only
+    on v0.6, and is a second copy of the step. This one path runs the GPU recipe on a CPU (fp16
+    autocast and scaler included), bf16 without a scaler, and fp32, on CUDA and on a CPU.
 
-class CheckedSimpleTrainer(_CallsTrainingForward, SimpleTrainer):
-    """detectron2's SimpleTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
-
-
-class CheckedAMPTrainer(_CallsTrainingForward, AMPTrainer):
-    """detectron2's AMPTrainer; a NaN or infinite loss raises FloatingPointError naming that loss."""
-
-
-class CPUAutocastTrainer(CheckedSimpleTrainer):
-    """CheckedSimpleTrainer whose forward pass runs under ``torch.autocast("cpu", dtype)`` (bf16).
-
-    Reason: detectron2's AMPTrainer asserts CUDA and scales fp16 gradients; bf16 has fp32's
-    exponent range, so no grad scaler is needed. Only the forward is autocast (in
-    :class:`TrainingForward`): backward runs each op in the dtype its forward used, and the
-    optimizer updates the fp32 parameters. The model itself computes its losses and decoding in
-    fp32 (see ``DSANet``).
+    Args:
+        model, data_loader, optimizer: as detectron2's SimpleTrainer (and its keyword arguments).
+        precision: the forward's autocast and whether gradients are scaled; None: fp32.
+    Attributes:
+        grad_scaler: the run's ``torch.amp.GradScaler`` (disabled unless fp16).
     """
 
-    def __init__(self, model, data_loader, optimizer, dtype: torch.dtype = torch.bfloat16, **kwargs):
-        super().__init__(model, data_loader, optimizer, autocast_dtype=dtype, **kwargs)
-        self.autocast_dtype = dtype
+    def __init__(self, model, data_loader, optimizer, precision: Optional[MixedPrecision] = None, **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.precision = precision or MixedPrecision()
+        self.grad_scaler = self.precision.grad_scaler()
+        # After detectron2's constructor has set the model up (train mode), as the step calls it.
+        self.model = TrainingForward(self.model, lambda: self.iter, self.precision, self.grad_scaler)
+        if self.grad_scaler.is_enabled():
+            self.optimizer = GradScalerStep(optimizer, self.grad_scaler)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.grad_scaler.is_enabled():
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # A checkpoint of an fp32 or bf16 run has no scaler state: fp16 then starts from the initial scale.
+        if self.grad_scaler.is_enabled() and state_dict.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+class LRSchedulerOverSkippedSteps(hooks.LRScheduler):
+    """detectron2's LRScheduler hook for a trainer with the fp16 grad scaler: the learning rate follows
+    the iteration also where the scaler skipped that iteration's optimizer step (inf gradients, as
+    at the start of fp16 training while the scale comes down), as under detectron2's AMPTrainer.
+
+    Why: torch then warns "Detected call of `lr_scheduler.step()` before `optimizer.step()`" at the
+    first iteration, a false alarm for a schedule by iterations; that one message is silenced.
+    """
+
+    def after_step(self) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                    r"`optimizer\.step\(\)`", category=UserWarning)
+            super().after_step()
+
+
+def lr_scheduler_hook(trainer: CheckedSimpleTrainer, optimizer: torch.optim.Optimizer, scheduler) -> hooks.LRScheduler:
+    """detectron2's LRScheduler hook on ``optimizer`` itself (under fp16 the trainer's is a
+    :class:`GradScalerStep`, which torch's LR schedulers refuse); :class:`LRSchedulerOverSkippedSteps`
+    where the trainer scales gradients."""
+    hook = LRSchedulerOverSkippedSteps if trainer.grad_scaler.is_enabled() else hooks.LRScheduler
+    return hook(optimizer=optimizer, scheduler=scheduler)
 
 
 def load_weights(checkpointer: DetectionCheckpointer, path: str, *, resume: bool) -> None:
@@ -236,14 +325,8 @@ def do_train(cfg, *, resume: bool) -> None:
     train_loader = instantiate(cfg.dataloader.train)
 
     model = compat.create_ddp_model(model, **cfg.train.ddp)
-    cuda_amp = cfg.train.amp.enabled and torch.cuda.is_available()
-    cpu_dtype = None if cuda_amp else cpu_autocast_dtype(cfg)
-    if cuda_amp:
-        trainer = CheckedAMPTrainer(model, train_loader, optimizer)
-    elif cpu_dtype is not None:
-        trainer = CPUAutocastTrainer(model, train_loader, optimizer, dtype=cpu_dtype)
-    else:
-        trainer = CheckedSimpleTrainer(model, train_loader, optimizer)
+    # One trainer for fp32, bf16 and fp16 (train.amp.enabled / train.amp.precision), on CPU and CUDA.
+    trainer = CheckedSimpleTrainer(model, train_loader, optimizer, amp_precision(cfg))
     checkpointer = make_checkpointer(cfg, model, trainer=trainer)
     best_metric = cfg.train.get("best_metric") or None
     keep_best = None
@@ -255,7 +338,7 @@ def do_train(cfg, *, resume: bool) -> None:
         _drop_partial_last_record(os.path.join(cfg.train.output_dir, "metrics.json"))
     trainer.register_hooks([
         hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        lr_scheduler_hook(trainer, optimizer, instantiate(cfg.lr_multiplier)),
         LossNormalizerState(model),
         WeightsAgreeAcrossProcesses(model),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,

@@ -48,11 +48,37 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     Returns:
         (N, L, C). Memory is quadratic in L.
     """
-    scores = torch.bmm(q, k.transpose(1, 2)) * scale  # (N, L, L)
+    scores = _attention_scores(q, k, scale)  # (N, L, L); fp32 under fp16
     # Low-precision scores (bf16 autocast) get their softmax max and sum in fp32; fp32/fp64 stay.
     stats = torch.float32 if scores.dtype in (torch.bfloat16, torch.float16) else scores.dtype
     weights = torch.softmax(scores, dim=-1, dtype=stats)
     return torch.bmm(weights.to(v.dtype), v)
+
+
+def _attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Q K^T * scale, with the product in fp32 wherever it would otherwise run in fp16.
+
+    Why: fp16 tops out at 65504. Q K^T sums D products of conv outputs, so FPN features of a few
+    hundred (x100 the tiny test model's own) already give inf scores, then NaN from the softmax
+    (tests/test_numerics.py); fp32's range holds them. bf16 has fp32's exponent range: its product
+    stays bf16 (its softmax statistics are fp32, see :func:`dense_attention`).
+
+    Args:
+        q, k: (N, L, D).
+    Returns:
+        (N, L, L): fp32 for fp16 inputs or under fp16 autocast, else the product's own dtype.
+    """
+    if not _computes_in_fp16(q):
+        return torch.bmm(q, k.transpose(1, 2)) * scale
+    with torch.autocast(q.device.type, enabled=False):
+        return torch.bmm(q.float(), k.float().transpose(1, 2)) * scale
+
+
+def _computes_in_fp16(x: torch.Tensor) -> bool:
+    """Whether a matrix product of ``x`` would run in fp16: ``x`` is fp16, or fp16 autocast is on for its device."""
+    device_type = x.device.type
+    return x.dtype == torch.float16 or (torch.is_autocast_enabled(device_type)
+                                        and torch.get_autocast_dtype(device_type) == torch.float16)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
