@@ -282,6 +282,29 @@ def _model_row(row: Dict[str, Any], base: Dict[str, Any], runner: speed.Runner, 
     return out
 
 
+def against_cpu_estimate(result: Dict[str, Any], estimates: Path = ROOT / "benchmarks" / "results" / "gpu_memory.json"
+                         ) -> List[Dict[str, Any]]:
+    """The measured peak of each model at 2 images per GPU beside the CPU's estimate of the same step
+    (``benchmarks/gpu_memory.py``, same config, R50, same precision), with their ratio."""
+    if not estimates.is_file():
+        return []
+    rows = {(r["config"], r["depth"], r["precision"]): r for r in json.loads(estimates.read_text())["rows"]
+            if r["images"] == 2}
+    compared = []
+    for config in result.get("benchmark", {}).get("configs", []):
+        if config.get("batch") != 2:
+            continue
+        for name, measured in (config.get("models") or {}).items():
+            estimate = rows.get((MODELS[name].config, 50, PRECISIONS[config["precision"]]))
+            if estimate is None or measured.get("peak_gib") is None:
+                continue
+            estimate_gib = estimate["estimate_mib"] * MiB / GIB
+            compared.append({"model": name, "precision": config["precision"], "cuda_peak_gib": measured["peak_gib"],
+                             "cpu_estimate_gib": round(estimate_gib, 3),
+                             "ratio": timing.ratio(measured["peak_gib"], estimate_gib)})
+    return compared
+
+
 # ---------------------------------------------------------------------------------------------- goals
 
 def judge(result: Dict[str, Any], smoke: bool) -> Dict[str, Any]:
@@ -334,6 +357,7 @@ def run(settings: Settings) -> Dict[str, Any]:
                 status = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
             result["steps"][name] = {**status, "seconds": round(time.monotonic() - started, 1)}
     result["goals"] = judge(result, settings.smoke)
+    result["memory_against_cpu_estimate"] = against_cpu_estimate(result)
     result["total_s"] = round(time.monotonic() - start, 1)
     result["provenance"] = provenance()
     return result

@@ -128,7 +128,11 @@ def call_in_fresh_process(module: str, function: str, *args: Any, pin_malloc: bo
     global _forkserver_preloaded
     context = multiprocessing.get_context("forkserver")
     if not _forkserver_preloaded:
-        context.set_forkserver_preload([module])
+        main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+        # A child re-runs a `python -m` main module itself, and runpy warns when it was preloaded: then
+        # only the model's imports (torch, detectron2, dsanet) are preloaded.
+        is_main = main_spec is not None and main_spec.name == module
+        context.set_forkserver_preload(["dsanet.modeling"] if is_main else [module])
         _forkserver_preloaded = True
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_fresh_process_entry,

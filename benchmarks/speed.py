@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from detectron2.config import instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 from torch import nn
 
@@ -46,7 +46,7 @@ MIN_ROUNDS = 3  # every time ratio comes from at least this many interleaved rou
 GPU_BATCH_SIZES = (2, 16)
 GPU_PRECISIONS = ("fp32", "amp")
 CPU_BF16 = "bf16"  # the CPU's mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)
-# The autocast dtype of each precision: "amp" is fp16 autocast on CUDA (with a GradScaler), "bf16"
+# The autocast dtype of each precision: "amp" is fp16 autocast (with a GradScaler) on the device's type, "bf16"
 # bf16 autocast on the device's type (no scaler), "fp32" no autocast.
 AUTOCAST_DTYPES = {"fp32": None, "amp": torch.float16, CPU_BF16: torch.bfloat16}
 
@@ -61,9 +61,10 @@ class Runner:
     scaler: Optional[Any] = None
 
 
-def build_runner(name: str, config: str, device: str) -> Runner:
-    """Instantiate a config's model (fresh seeded weights) and its SGD optimizer on ``device``."""
-    cfg = model_zoo.get_config(config)
+def build_runner(name: str, config: str, device: str, overrides: Sequence[str] = ()) -> Runner:
+    """Instantiate a config's model (fresh seeded weights) and its SGD optimizer on ``device``, after
+    ``key=value`` ``overrides`` of the config."""
+    cfg = LazyConfig.apply_overrides(model_zoo.get_config(config), list(overrides))
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     cfg.optimizer.params.model = model
@@ -75,7 +76,7 @@ def _autocast(device: str, precision: str):
     """The autocast context of a precision (see :data:`AUTOCAST_DTYPES`)."""
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(AUTOCAST_DTYPES)})")
-    return autocast("cuda" if precision == "amp" else device, AUTOCAST_DTYPES[precision])
+    return autocast(device, AUTOCAST_DTYPES[precision])  # "amp": fp16 on the device's type (CUDA, or a CPU)
 
 
 def train_step(runner: Runner, batch: List[Dict[str, Any]], device: str, precision: str = "fp32") -> None:
@@ -127,7 +128,7 @@ def measure(runners: Sequence[Runner], batch: List[Dict[str, Any]], device: str,
     for runner in runners:
         for precision in precisions:
             if precision == "amp" and runner.scaler is None:
-                runner.scaler = torch.amp.GradScaler("cuda")
+                runner.scaler = torch.amp.GradScaler(torch.device(device).type)
             train = functools.partial(train_step, runner, batch, device, precision)
             infer = functools.partial(inference, runner, images, device, precision)
             try:  # warm-up here (not in interleaved_times) so that an out-of-memory model is skipped alone

@@ -6,8 +6,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 from pathlib import Path
 
 import dsanet
-
-dsanet.silence_internal_warnings()  # as the commands do
 import pytest
 import torch
 from detectron2.config import LazyCall as L
@@ -51,6 +49,13 @@ def make_inputs(num_classes: int = 3, with_gt: bool = True, seed: int = 0) -> li
             instances.gt_classes = torch.zeros((0,), dtype=torch.int64)
         inputs.append({"image": image, "instances": instances, "height": height, "width": width})
     return inputs
+
+
+@pytest.fixture(autouse=True)
+def quiet_internal_warnings():
+    """Each test quiets torch's, fvcore's and detectron2's internal warnings as the commands do (pytest
+    restores the warning filters around every test, so a filter installed at import would not last)."""
+    dsanet.silence_internal_warnings()
 
 
 @pytest.fixture(scope="session")

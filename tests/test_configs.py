@@ -148,7 +148,7 @@ def test_model_zoo_works_from_any_working_directory(tmp_path):
 def test_model_zoo_names_what_is_missing():
     with pytest.raises(UserInputError, match="COCO-Detection/dsanet_conf_R_50_FPN_1x.py"):
         model_zoo.get_config("COCO-Detection/no_such_config.py")
-    with pytest.raises(UserInputError, match="no trained weights are published"):
+    with pytest.raises(UserInputError, match="no trained weights ship for"):
         model_zoo.get_config("COCO-Detection/dsanet_R_50_FPN_1x.py", trained=True)
 
 

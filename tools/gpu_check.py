@@ -70,6 +70,11 @@ def print_table(result: Dict[str, Any]) -> None:
     if result.get("benchmark"):
         print(format_table(["batch", "prec", "model", "step s", "img/s", "ratio", "infer s", "ratio", "peak GiB",
                             "ratio"], _benchmark_rows(result["benchmark"]["configs"])))
+    if result.get("memory_against_cpu_estimate"):
+        print("Peak memory at 2 images per GPU against the CPU's estimate (benchmarks/results/gpu_memory.json):")
+        print(format_table(["model", "prec", "CUDA peak GiB", "CPU estimate GiB", "ratio"],
+                           [[r["model"], r["precision"], r["cuda_peak_gib"], r["cpu_estimate_gib"], _fmt(r["ratio"])]
+                            for r in result["memory_against_cpu_estimate"]]))
     for name, goal in result.get("goals", {}).items():
         verdict = {True: "met", False: "NOT met", None: "not judged"}[goal["met"]]
         limit = f" (limit {goal['limit']})" if "limit" in goal else ""

@@ -5,7 +5,7 @@ A marker ``<!-- render: NAME -->`` on a page names one entry of :data:`TABLES`. 
 them, without a caption line (the paper's quoted numbers, cited in the page's own text)."""
 from typing import Callable, Dict, NamedTuple, Tuple
 
-from . import benchmarks, paper, pretraining, setups, shipped, sizing, studies
+from . import benchmarks, gpu_memory, paper, pretraining, setups, shipped, sizing, studies
 
 PAPER = "../paper_coco.json"  # benchmarks/paper_coco.json, from benchmarks/results/
 # the trained model that ships in the package, beside its weights (dsanet.model_zoo), from benchmarks/results/
@@ -33,6 +33,9 @@ TABLES: Dict[str, Table] = {
     "make_bench_summary": Table(("summary.json",), benchmarks.make_bench_summary),
     "profile_step": Table(("profile_step.json",), benchmarks.profile_step),
     "eval_memory": Table(("eval_memory.json",), benchmarks.eval_memory),
+    # memory per GPU of the COCO recipes, estimated on a CPU (GPU.md, README.md)
+    "gpu_memory": Table(("gpu_memory.json",), gpu_memory.memory_per_step),
+    "gpu_memory_cards": Table(("gpu_memory.json",), gpu_memory.cards_per_recipe),
     # sizing the embedded benchmark, and the pretrained backbone
     "sizing_validation": Table(("sizing/bootstrap_sizes_train600.json", "sizing/bootstrap_sizes_train4000.json"),
                                sizing.sizing_validation),

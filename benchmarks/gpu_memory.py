@@ -1,0 +1,109 @@
+"""How much memory one training step of each COCO recipe needs per GPU, estimated on a CPU, and on which
+card sizes 2 images per GPU fit.
+
+    python -m benchmarks.gpu_memory            # -> benchmarks/results/gpu_memory.json (resumes: kept rows stay)
+
+Each row is one training step (forward with losses, backward, SGD step) of a recipe's model at detectron2's
+COCO training size (800x1333 after resizing), batch 2, in fp32 or under fp16 autocast with a grad scaler,
+measured in a fresh process (:func:`benchmarks.memory.call_in_fresh_process`). After one warm-up step the
+estimate is the second step's rise of the process's peak memory (activations, gradients, workspaces)
+plus what training holds between steps (weights, buffers, SGD momentum: :func:`benchmarks.memory.state_bytes`).
+
+How it relates to CUDA: on a GPU, ``torch.cuda.max_memory_allocated`` counts the same tensors. The CPU
+estimate leaves out the CUDA context (about 0.3-0.5 GiB per process), cuDNN's convolution workspaces and
+the caching allocator's rounding and fragmentation (``memory_reserved`` runs above ``memory_allocated``),
+and CPU kernels may allocate temporaries that CUDA kernels do not (or the reverse). A card is listed as
+fitting when the estimate plus :data:`CUDA_OVERHEAD_GIB` stays under :data:`USABLE_FRACTION` of it; the
+JSON records both numbers with the verdicts. ``make gpu-check`` compares its measured CUDA peak with these
+rows on the day it runs on a GPU.
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from benchmarks import speed
+from benchmarks.memory import MiB, call_in_fresh_process, peak_extra_memory, state_bytes
+from benchmarks.models import FULL_IMAGE_SIZE, synthetic_batch
+from dsanet.fileio import write_json
+from dsanet_lab.provenance import provenance
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gpu_memory.json"
+# (label, config): the recipes a GPU user starts first; R101 rows override the backbone depth.
+RECIPES = (
+    ("RetinaNet", "COCO-Detection/retinanet_R_50_FPN_1x.py"),
+    ("DSANet-Conf (P4-P7)", "COCO-Detection/dsanet_conf_R_50_FPN_1x.py"),
+    ("DSANet, P3 half k1", "Ablations/dsanet_p3half_k1_R_50_FPN_1x.py"),
+    ("DSANet, P3 half k3", "Ablations/dsanet_p3half_k3_R_50_FPN_1x.py"),
+    ("DSANet, P3-P7 full resolution", "Ablations/dsanet_self_p3-p7_R_50_FPN_1x.py"),
+    ("DSA-FCOS", "COCO-Detection/dsa_fcos_R_50_FPN_1x.py"),
+)
+DEPTHS = (50, 101)
+PRECISIONS = ("fp32", "amp")  # "amp": fp16 autocast with a grad scaler, as train.amp.enabled on a GPU
+IMAGES_PER_GPU = 2
+CARDS_GIB = (16, 24, 32, 80)
+CUDA_OVERHEAD_GIB = 1.0  # CUDA context and cuDNN workspaces, which a CPU process does not have
+USABLE_FRACTION = 0.9  # the caching allocator's rounding and fragmentation
+
+
+def measure_step(config: str, depth: int, precision: str, images: int,
+                 image_size: Tuple[int, int] = FULL_IMAGE_SIZE) -> Dict[str, float]:
+    """MiB of one training step's rise (after a warm-up step) and of the state training holds; call it in
+    a fresh process (:func:`row` does), where the rise of peak memory is the step's own."""
+    runner = speed.build_runner(config, config, "cpu", overrides=[f"model.backbone.bottom_up.stages.depth={depth}"])
+    if precision == "amp":
+        runner.scaler = torch.amp.GradScaler("cpu")
+    batch = synthetic_batch(image_size, images)
+    speed.train_step(runner, batch, "cpu", precision)  # warm-up: SGD momentum, lazily built buffers
+    runner.optimizer.zero_grad(set_to_none=True)  # the measured step allocates its gradients itself
+    rise = peak_extra_memory(lambda: speed.train_step(runner, batch, "cpu", precision), "cpu")
+    return {"step_rise_mib": rise / MiB, "state_mib": state_bytes(runner.model, runner.optimizer) / MiB}
+
+
+def fits(estimate_mib: float) -> Dict[str, bool]:
+    """Card size (GiB) -> whether a step of ``estimate_mib`` fits it, by the module's rule."""
+    return {str(card): estimate_mib / 1024 + CUDA_OVERHEAD_GIB <= USABLE_FRACTION * card for card in CARDS_GIB}
+
+
+def row(label: str, config: str, depth: int, precision: str) -> Dict[str, Any]:
+    measured = call_in_fresh_process("benchmarks.gpu_memory", "measure_step", config, depth, precision, IMAGES_PER_GPU)
+    estimate = measured["step_rise_mib"] + measured["state_mib"]
+    # One image per GPU: the step's rise is mostly activations, which scale with the images; an estimate.
+    one_image = measured["step_rise_mib"] / IMAGES_PER_GPU + measured["state_mib"]
+    return {"model": label, "config": config, "depth": depth, "precision": precision, "images": IMAGES_PER_GPU,
+            **{k: round(v, 1) for k, v in measured.items()}, "estimate_mib": round(estimate, 1),
+            "fits": fits(estimate), "fits_with_1_image": fits(one_image)}
+
+
+def run(output: Path, threads: Optional[int] = None) -> Dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    done: List[Dict[str, Any]] = json.loads(output.read_text())["rows"] if output.is_file() else []
+    key = lambda r: (r["config"], r["depth"], r["precision"])  # noqa: E731
+    kept = {key(r) for r in done}
+    for depth in DEPTHS:
+        for precision in PRECISIONS:
+            for label, config in RECIPES:
+                if (config, depth, precision) in kept:
+                    continue
+                done.append(row(label, config, depth, precision))
+                print(json.dumps(done[-1]), flush=True)
+                result = {"image_size": list(FULL_IMAGE_SIZE), "cards_gib": list(CARDS_GIB),
+                          "cuda_overhead_gib": CUDA_OVERHEAD_GIB, "usable_fraction": USABLE_FRACTION,
+                          "rows": done, "provenance": provenance()}
+                write_json(output, result)  # after every row: an interrupted run resumes from here
+    return json.loads(output.read_text())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    run(args.output, args.threads)
+
+
+if __name__ == "__main__":
+    main()
