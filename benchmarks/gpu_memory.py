@@ -18,7 +18,9 @@ JSON records both numbers with the verdicts. ``make gpu-check`` compares its mea
 rows on the day it runs on a GPU.
 """
 import argparse
+import concurrent.futures
 import json
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -77,32 +79,44 @@ def row(label: str, config: str, depth: int, precision: str) -> Dict[str, Any]:
             "fits": fits(estimate), "fits_with_1_image": fits(one_image)}
 
 
-def run(output: Path, threads: Optional[int] = None) -> Dict[str, Any]:
+def run(output: Path, threads: Optional[int] = None, jobs: int = 1) -> Dict[str, Any]:
+    """Measure every (recipe, depth, precision) not yet in ``output``, ``jobs`` fresh processes at a time,
+    writing the file after each row (an interrupted run resumes from it)."""
     if threads:
         torch.set_num_threads(threads)
     done: List[Dict[str, Any]] = json.loads(output.read_text())["rows"] if output.is_file() else []
-    key = lambda r: (r["config"], r["depth"], r["precision"])  # noqa: E731
-    kept = {key(r) for r in done}
-    for depth in DEPTHS:
-        for precision in PRECISIONS:
-            for label, config in RECIPES:
-                if (config, depth, precision) in kept:
-                    continue
-                done.append(row(label, config, depth, precision))
-                print(json.dumps(done[-1]), flush=True)
-                result = {"image_size": list(FULL_IMAGE_SIZE), "cards_gib": list(CARDS_GIB),
-                          "cuda_overhead_gib": CUDA_OVERHEAD_GIB, "usable_fraction": USABLE_FRACTION,
-                          "rows": done, "provenance": provenance()}
-                write_json(output, result)  # after every row: an interrupted run resumes from here
+    kept = {(r["config"], r["depth"], r["precision"]) for r in done}
+    todo = [(label, config, depth, precision) for depth in DEPTHS for precision in PRECISIONS
+            for label, config in RECIPES if (config, depth, precision) not in kept]
+    lock = threading.Lock()
+
+    def measure_and_write(item) -> None:
+        measured = row(*item)
+        with lock:
+            done.append(measured)
+            print(json.dumps(measured), flush=True)
+            write_json(output, {"image_size": list(FULL_IMAGE_SIZE), "cards_gib": list(CARDS_GIB),
+                                "cuda_overhead_gib": CUDA_OVERHEAD_GIB, "usable_fraction": USABLE_FRACTION,
+                                "rows": sorted(done, key=_order), "provenance": provenance()})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:  # each job waits on its own process
+        list(pool.map(measure_and_write, todo))
     return json.loads(output.read_text())
+
+
+def _order(r: Dict[str, Any]) -> tuple:
+    """Rows in the tables' order: depth, precision, recipe."""
+    configs = [config for _, config in RECIPES]
+    return DEPTHS.index(r["depth"]), PRECISIONS.index(r["precision"]), configs.index(r["config"])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of each measurement")
+    parser.add_argument("--jobs", type=int, default=1, help="measurements at a time, each in its own process")
     args = parser.parse_args(argv)
-    run(args.output, args.threads)
+    run(args.output, args.threads, args.jobs)
 
 
 if __name__ == "__main__":

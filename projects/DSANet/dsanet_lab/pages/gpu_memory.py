@@ -24,26 +24,30 @@ def _rule(data: Dict[str, Any]) -> str:
 
 
 def memory_per_step(data: Dict[str, Any]) -> str:
-    """Every measured step: its rise, the state held between steps, their sum, and the cards it fits."""
-    rows: List[List[Any]] = []
+    """Per recipe and backbone, in fp32 and fp16 AMP: the step's rise + the state held between steps =
+    the estimate (GiB), and the cards it fits at 2 images per GPU (and, estimated, at 1)."""
+    cells: Dict[tuple, Dict[str, str]] = {}
     for r in data["rows"]:
-        rows.append([r["model"], f"R{r['depth']}", PRECISION_NAMES.get(r["precision"], r["precision"]),
-                     _gib(r["step_rise_mib"]), _gib(r["state_mib"]), f"**{_gib(r['estimate_mib'])}**",
-                     _cards(r["fits"]), _cards(r["fits_with_1_image"])])
+        estimate = f"{_gib(r['step_rise_mib'])} + {_gib(r['state_mib'])} = **{_gib(r['estimate_mib'])}**"
+        fits = f"{_cards(r['fits'])} ({_cards(r['fits_with_1_image'])})"
+        cells.setdefault((r["model"], r["depth"]), {})[r["precision"]] = f"{estimate}; {fits}"
+    rows = [[model, f"R{depth}", by.get("fp32", "—"), by.get("amp", "—")] for (model, depth), by in cells.items()]
     height, width = data["image_size"]
-    header = ["model", "backbone", "precision", "step GiB", "weights + momentum GiB", "estimate GiB",
-              "fits 2 images/GPU on (GiB)", "fits 1 image/GPU on (GiB, estimated)"]
-    return (table(header, rows) + f"\n\nOne training step at 2 images of {height}x{width} per GPU; {_rule(data)}; "
-            f"cards: {', '.join(str(c) for c in data['cards_gib'])} GiB.")
+    return (table(["model", "backbone", "fp32: GiB; fits on", "fp16 AMP: GiB; fits on"], rows)
+            + f"\n\nGiB: one training step's rise + weights and momentum = the estimate, at 2 images of {height}x{width} "
+              f"per GPU; fits on: the card sizes (of {', '.join(str(c) for c in data['cards_gib'])} GiB) at 2 images "
+              f"per GPU (at 1, estimated as half the step's rise); {_rule(data)}.")
 
 
 def cards_per_recipe(data: Dict[str, Any]) -> str:
-    """Per recipe and backbone, the smallest card (GiB) that fits 2 images per GPU, in fp32 and in fp16 AMP."""
-    smallest: Dict[tuple, Dict[str, str]] = {}
+    """Per recipe, the smallest card (GiB) that fits 2 images per GPU, for R50 and R101, fp32 and fp16 AMP."""
+    columns = [(50, "fp32"), (50, "amp"), (101, "fp32"), (101, "amp")]
+    smallest: Dict[str, Dict[tuple, str]] = {}
     for r in data["rows"]:
         sizes = [int(size) for size, ok in r["fits"].items() if ok]
-        cell = f"{min(sizes)} GiB" if sizes else f"none of {max(data['cards_gib'])} GiB or less"
-        smallest.setdefault((r["config"], r["depth"], r["model"]), {})[r["precision"]] = cell
-    rows = [[f"`{config}`" + ("" if depth == 50 else " (R101)"), model, cells.get("fp32", "—"), cells.get("amp", "—")]
-            for (config, depth, model), cells in smallest.items()]
-    return table(["config", "model", "smallest card, fp32", "smallest card, fp16 AMP"], rows) + f"\n\n{_rule(data)}."
+        cell = f"{min(sizes)} GiB" if sizes else f"over {max(data['cards_gib'])} GiB"
+        smallest.setdefault(f"`{r['config']}`", {})[(r["depth"], r["precision"])] = cell
+    rows = [[config, *(by.get(column, "—") for column in columns)] for config, by in smallest.items()]
+    header = ["config (R101: `model.backbone.bottom_up.stages.depth=101`)", "R50 fp32", "R50 fp16 AMP", "R101 fp32",
+              "R101 fp16 AMP"]
+    return table(header, rows) + f"\n\nThe smallest card that fits 2 images per GPU; {_rule(data)}."
