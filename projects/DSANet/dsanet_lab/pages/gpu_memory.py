@@ -1,6 +1,6 @@
 """Tables of the per-GPU memory estimates (``benchmarks/gpu_memory.py``): every measured step, and per
 recipe the card sizes on which 2 images per GPU fit. Each shows the file's numbers and the file's own
-verdicts (its rule: estimate plus its CUDA overhead under its usable fraction of the card)."""
+verdicts (its criterion: estimate plus its CUDA overhead under its usable fraction of the card)."""
 from typing import Any, Dict, List
 
 from .format import num, table
@@ -18,7 +18,7 @@ def _cards(fits: Dict[str, bool]) -> str:
     return ", ".join(sizes) if sizes else "none"
 
 
-def _rule(data: Dict[str, Any]) -> str:
+def _fits_criterion(data: Dict[str, Any]) -> str:
     return (f"fits: the estimate plus {data['cuda_overhead_gib']:g} GiB (CUDA context, cuDNN workspaces) within "
             f"{data['usable_fraction']:.0%} of the card")
 
@@ -36,7 +36,7 @@ def memory_per_step(data: Dict[str, Any]) -> str:
     return (table(["model", "backbone", "fp32: GiB; fits on", "fp16 AMP: GiB; fits on"], rows)
             + f"\n\nGiB: one training step's rise + weights and momentum = the estimate, at 2 images of {height}x{width} "
               f"per GPU; fits on: the card sizes (of {', '.join(str(c) for c in data['cards_gib'])} GiB) at 2 images "
-              f"per GPU (at 1, estimated as half the step's rise); {_rule(data)}.")
+              f"per GPU (at 1, estimated as half the step's rise); {_fits_criterion(data)}.")
 
 
 def cards_per_recipe(data: Dict[str, Any]) -> str:
@@ -50,4 +50,4 @@ def cards_per_recipe(data: Dict[str, Any]) -> str:
     rows = [[config, *(by.get(column, "—") for column in columns)] for config, by in smallest.items()]
     header = ["config (R101: `model.backbone.bottom_up.stages.depth=101`)", "R50 fp32", "R50 fp16 AMP", "R101 fp32",
               "R101 fp16 AMP"]
-    return table(header, rows) + f"\n\nThe smallest card that fits 2 images per GPU; {_rule(data)}."
+    return table(header, rows) + f"\n\nThe smallest card that fits 2 images per GPU; {_fits_criterion(data)}."
