@@ -44,6 +44,12 @@ RECIPES = (
 )
 DEPTHS = (50, 101)
 PRECISIONS = ("fp32", "amp")  # "amp": fp16 autocast with a grad scaler, as train.amp.enabled on a GPU
+# What each precision's row runs under on the CPU. This CPU has no fp16 arithmetic (emulated fp16 convolutions take
+# many minutes a step at 800x1333), and CPU autocast casts the same ops to bf16 as to fp16, both 2-byte types:
+# the fp16 rows run under bf16 autocast, and PROXY_CHECK_SIZE's rows compare the two on real fp16.
+MEASURED_UNDER = {"fp32": "fp32", "amp": "bf16"}
+PROXY_CHECK_SIZE = (320, 480)
+PROXY_CHECK_CONFIGS = ("COCO-Detection/retinanet_R_50_FPN_1x.py", "COCO-Detection/dsanet_conf_R_50_FPN_1x.py")
 IMAGES_PER_GPU = 2
 CARDS_GIB = (16, 24, 32, 80)
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context and cuDNN workspaces, which a CPU process does not have
@@ -70,11 +76,13 @@ def fits(estimate_mib: float) -> Dict[str, bool]:
 
 
 def row(label: str, config: str, depth: int, precision: str) -> Dict[str, Any]:
-    measured = call_in_fresh_process("benchmarks.gpu_memory", "measure_step", config, depth, precision, IMAGES_PER_GPU)
+    measured = call_in_fresh_process("benchmarks.gpu_memory", "measure_step", config, depth,
+                                     MEASURED_UNDER[precision], IMAGES_PER_GPU)
     estimate = measured["step_rise_mib"] + measured["state_mib"]
     # One image per GPU: the step's rise is mostly activations, which scale with the images; an estimate.
     one_image = measured["step_rise_mib"] / IMAGES_PER_GPU + measured["state_mib"]
-    return {"model": label, "config": config, "depth": depth, "precision": precision, "images": IMAGES_PER_GPU,
+    return {"model": label, "config": config, "depth": depth, "precision": precision,
+            "measured_under": MEASURED_UNDER[precision], "images": IMAGES_PER_GPU,
             **{k: round(v, 1) for k, v in measured.items()}, "estimate_mib": round(estimate, 1),
             "fits": fits(estimate), "fits_with_1_image": fits(one_image)}
 
@@ -84,24 +92,51 @@ def run(output: Path, threads: Optional[int] = None, jobs: int = 1) -> Dict[str,
     writing the file after each row (an interrupted run resumes from it)."""
     if threads:
         torch.set_num_threads(threads)
-    done: List[Dict[str, Any]] = json.loads(output.read_text())["rows"] if output.is_file() else []
+    kept_file = json.loads(output.read_text()) if output.is_file() else {}
+    done: List[Dict[str, Any]] = kept_file.get("rows", [])
     kept = {(r["config"], r["depth"], r["precision"]) for r in done}
     todo = [(label, config, depth, precision) for depth in DEPTHS for precision in PRECISIONS
             for label, config in RECIPES if (config, depth, precision) not in kept]
+    check = {"rows": kept_file.get("fp16_proxy_check")}
     lock = threading.Lock()
+
+    def write() -> None:
+        write_json(output, {"image_size": list(FULL_IMAGE_SIZE), "cards_gib": list(CARDS_GIB),
+                            "cuda_overhead_gib": CUDA_OVERHEAD_GIB, "usable_fraction": USABLE_FRACTION,
+                            "fp16_proxy_check": check["rows"], "rows": sorted(done, key=_order),
+                            "provenance": provenance()})
 
     def measure_and_write(item) -> None:
         measured = row(*item)
         with lock:
             done.append(measured)
             print(json.dumps(measured), flush=True)
-            write_json(output, {"image_size": list(FULL_IMAGE_SIZE), "cards_gib": list(CARDS_GIB),
-                                "cuda_overhead_gib": CUDA_OVERHEAD_GIB, "usable_fraction": USABLE_FRACTION,
-                                "rows": sorted(done, key=_order), "provenance": provenance()})
+            write()
+
+    def check_and_write() -> None:
+        rows = proxy_check()
+        with lock:
+            check["rows"] = rows
+            print(json.dumps({"fp16_proxy_check": rows}), flush=True)
+            write()
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:  # each job waits on its own process
-        list(pool.map(measure_and_write, todo))
+        tasks = ([] if check["rows"] else [pool.submit(check_and_write)]) + [pool.submit(measure_and_write, t) for t in todo]
+        for task in tasks:
+            task.result()
     return json.loads(output.read_text())
+
+
+def proxy_check() -> List[Dict[str, Any]]:
+    """The step's rise under fp16 autocast with a grad scaler and under bf16 autocast, at a size where CPU fp16
+    runs in minutes: what backs measuring the fp16 rows under bf16."""
+    checks = []
+    for config in PROXY_CHECK_CONFIGS:
+        rises = {p: call_in_fresh_process("benchmarks.gpu_memory", "measure_step", config, 50, p, IMAGES_PER_GPU,
+                                          PROXY_CHECK_SIZE)["step_rise_mib"] for p in ("amp", "bf16")}
+        checks.append({"config": config, "image_size": list(PROXY_CHECK_SIZE), "fp16_rise_mib": round(rises["amp"], 1),
+                       "bf16_rise_mib": round(rises["bf16"], 1)})
+    return checks
 
 
 def _order(r: Dict[str, Any]) -> tuple:

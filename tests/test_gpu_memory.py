@@ -26,11 +26,13 @@ def test_a_card_fits_when_the_estimate_and_cuda_overhead_stay_under_its_usable_p
 
 def test_the_tables_show_the_files_numbers_and_verdicts():
     row = {"model": "RetinaNet", "config": "COCO-Detection/retinanet_R_50_FPN_1x.py", "depth": 101,
-           "precision": "amp", "images": 2, "step_rise_mib": 20480.0, "state_mib": 512.0, "estimate_mib": 20992.0,
+           "precision": "amp", "measured_under": "bf16", "images": 2, "step_rise_mib": 20480.0, "state_mib": 512.0, "estimate_mib": 20992.0,
            "fits": gpu_memory.fits(20992.0), "fits_with_1_image": gpu_memory.fits(10752.0)}
     data = {"image_size": [800, 1333], "cards_gib": list(gpu_memory.CARDS_GIB), "rows": [row],
-            "cuda_overhead_gib": gpu_memory.CUDA_OVERHEAD_GIB, "usable_fraction": gpu_memory.USABLE_FRACTION}
+            "cuda_overhead_gib": gpu_memory.CUDA_OVERHEAD_GIB, "usable_fraction": gpu_memory.USABLE_FRACTION,
+            "fp16_proxy_check": [{"config": "a.py", "image_size": [320, 480], "fp16_rise_mib": 410.0, "bf16_rise_mib": 400.0}]}
     steps = pages.memory_per_step(data)
     assert "| RetinaNet | R101 | — | 20.0 + 0.5 = **20.5**; 24, 32, 80 (16, 24, 32, 80) |" in steps
+    assert "ran under CPU bf16 autocast" in steps and "`a.py` 410 MiB in fp16, 400 MiB in bf16" in steps
     cards = pages.cards_per_recipe(data)
     assert "| `COCO-Detection/retinanet_R_50_FPN_1x.py` | — | — | — | 24 GiB |" in cards

@@ -36,7 +36,20 @@ def memory_per_step(data: Dict[str, Any]) -> str:
     return (table(["model", "backbone", "fp32: GiB; fits on", "fp16 AMP: GiB; fits on"], rows)
             + f"\n\nGiB: one training step's rise + weights and momentum = the estimate, at 2 images of {height}x{width} "
               f"per GPU; fits on: the card sizes (of {', '.join(str(c) for c in data['cards_gib'])} GiB) at 2 images "
-              f"per GPU (at 1, estimated as half the step's rise); {_fits_criterion(data)}.")
+              f"per GPU (at 1, estimated as half the step's rise); {_fits_criterion(data)}." + _proxy_text(data))
+
+
+def _proxy_text(data: Dict[str, Any]) -> str:
+    """What the fp16 rows ran under, and the file's comparison of the two 2-byte types where both ran."""
+    under = {r.get("measured_under") for r in data["rows"] if r["precision"] == "amp"} - {None, "amp"}
+    if not under:
+        return ""
+    checks = data.get("fp16_proxy_check") or []
+    compared = "; ".join(f"`{c['config']}` {c['fp16_rise_mib']:.0f} MiB in fp16, {c['bf16_rise_mib']:.0f} MiB in bf16"
+                         for c in checks)
+    size = f" at {checks[0]['image_size'][0]}x{checks[0]['image_size'][1]}" if checks else ""
+    return (f" The fp16 AMP rows ran under CPU {'/'.join(sorted(under))} autocast, which casts the same ops to the same "
+            f"2-byte size" + (f"; one step's rise{size}: {compared}." if checks else "."))
 
 
 def cards_per_recipe(data: Dict[str, Any]) -> str:
