@@ -152,7 +152,7 @@ def write_custom_coco_dataset(root: Path, source_json: Path, source_images: Path
 
 
 def test_a_custom_coco_format_dataset_from_the_command_line(trained, cache_dir, tmp_path):
-    [synthetic] = (cache_dir / "synthetic_shapes").glob("train*-val*")  # the one size the tests' runs use
+    synthetic = sorted((cache_dir / "synthetic_shapes").glob("train*-val*"))[0]  # any size the session made
     json_file = write_custom_coco_dataset(tmp_path, synthetic / "annotations" / "train.json", synthetic / "train")
     images = synthetic / "train"
     result = run_train_net(

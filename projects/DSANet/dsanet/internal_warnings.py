@@ -28,7 +28,8 @@ INTERNAL_WARNINGS: Tuple[Tuple[Type[Warning], str, str], ...] = (
     (UserWarning, r"torch\.meshgrid: in an upcoming release", r"torch\.functional"),
     # torch.jit.trace on shape checks inside detectron2 and this project; the export tool then proves
     # the traced graph equal to eager on images of other sizes.
-    (torch.jit.TracerWarning, r"Converting a tensor to a Python (boolean|index|integer)", r"(detectron2|dsanet)\."),
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python (boolean|index|integer)",
+     r"(detectron2|dsanet)\.|torch\.nn\.functional"),  # torch's own: batch/group norm's one-value check
     # Raised only where several processes train (so no single-process command met them):
     # detectron2 v0.6's comm.all_gather pickles through torch.ByteStorage (torch deprecates TypedStorage);
     (UserWarning, r"TypedStorage is deprecated", r"detectron2\.utils\.comm"),
