@@ -124,10 +124,10 @@ def ship(config_file: str, checkpoint_file: str) -> Path:
     """Write the fp16 weights and metrics.json of ``checkpoint_file`` for ``config_file``; returns the folder."""
     from dsanet_lab.provenance import provenance, read_invocations  # where a kept result came from
 
-    config_name = model_zoo._config_name(config_file)
-    if config_name is None:
+    folder = model_zoo.trained_folder(config_file)
+    if folder is None:
         raise UserInputError(f"--config-file {config_file}: not one of the project's configs ({model_zoo.CONFIGS_ROOT})")
-    folder = model_zoo.TRAINED_ROOT / Path(config_name).with_suffix("")
+    config_name = folder.relative_to(model_zoo.TRAINED_ROOT).as_posix() + ".py"
     weights = write_hashed(fp16_state_dict(checkpoint_file), folder)
     record = {
         "config": config_name,

@@ -49,12 +49,16 @@ def _config_name(config: Union[str, Path]) -> Optional[str]:
     return path.as_posix()
 
 
-def _trained_folder(config: Union[str, Path]) -> Optional[Path]:
+def trained_folder(config: Union[str, Path]) -> Optional[Path]:
+    """Where a config's trained model ships (``trained/<config path without .py>``, present or not); None
+    for a file that is not one of the project's configs."""
     name = _config_name(config)
-    if name is None:
-        return None
-    folder = TRAINED_ROOT / Path(name).with_suffix("")
-    return folder if folder.is_dir() else None
+    return None if name is None else TRAINED_ROOT / Path(name).with_suffix("")
+
+
+def _trained_folder(config: Union[str, Path]) -> Optional[Path]:
+    folder = trained_folder(config)
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def trained_weights(config: Union[str, Path]) -> Optional[str]:
