@@ -19,6 +19,7 @@ rows on the day it runs on a GPU.
 """
 import argparse
 import concurrent.futures
+import copy
 import json
 import threading
 from pathlib import Path
@@ -64,7 +65,13 @@ def measure_step(config: str, depth: int, precision: str, images: int,
     if precision == "amp":
         runner.scaler = torch.amp.GradScaler("cpu")
     batch = synthetic_batch(image_size, images)
+    # Random weights, unlike pretrained ones, let activations grow with depth (R101's FPN outputs reach 1e7 at
+    # 800x1333), and one SGD step on their gradients can leave non-finite weights that fail FCOS's GIoU check:
+    # the measured step starts again from the initial weights (sizes, and so memory, do not depend on values).
+    initial = copy.deepcopy(runner.model.state_dict())
     speed.train_step(runner, batch, "cpu", precision)  # warm-up: SGD momentum, lazily built buffers
+    runner.model.load_state_dict(initial)
+    del initial
     runner.optimizer.zero_grad(set_to_none=True)  # the measured step allocates its gradients itself
     rise = peak_extra_memory(lambda: speed.train_step(runner, batch, "cpu", precision), "cpu")
     return {"step_rise_mib": rise / MiB, "state_mib": state_bytes(runner.model, runner.optimizer) / MiB}
