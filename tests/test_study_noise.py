@@ -1,31 +1,65 @@
-"""The study's interval parts: seeds, validation images, and the setup (machine, thread count)."""
+"""One model of a study's noise (effect + setup part + run noise), and the difference's interval built on it."""
 import math
 
 import pytest
 
-from dsanet_lab.study.stats import decompose_interval, paired_difference, setup_spread
+from dsanet_lab.study.noise import difference_by_setup, noise_model, rerun_half
+from dsanet_lab.study.stats import decompose_interval, paired_difference, t_quantile_975
 
 
-def test_setup_spread_pools_deviations_within_groups_only():
-    # Two seeds, each trained on two setups: the seeds' own levels (76 vs 80) must not count.
-    spread = setup_spread({0: {"t1": 76.0, "t2": 76.4}, 1: {"t1": 80.0, "t2": 80.2}, 2: {"t1": 90.0}})
-    expected_sd = math.sqrt((0.2 ** 2 * 2 + 0.1 ** 2 * 2) / 2)
-    assert spread["sd"] == pytest.approx(expected_sd)
-    assert spread["half"] == pytest.approx(1.959964 * expected_sd, rel=1e-6)
-    assert spread["max_shift"] == pytest.approx(0.4)
-    assert spread["groups"] == 2 and spread["dof"] == 2 and spread["setups"] == ["t1", "t2"]
+def test_one_setup_gives_the_paired_t_interval_over_its_seeds():
+    d = {0: 1.5, 1: 1.7, 2: 1.4, 3: 0.9}
+    t = paired_difference(d, {s: 0.0 for s in d})
+    model = noise_model({"this": d})
+    assert model["mean"] == pytest.approx(t["mean"])
+    assert (model["low"], model["high"]) == pytest.approx((t["ci_low"], t["ci_high"]))
+    assert model["setup_sd"] is None and model["runs"] == 4 and model["dof"] == 3
 
 
-def test_setup_spread_is_none_without_a_replicated_group():
-    assert setup_spread({0: {"t1": 76.0}, 1: {"t1": 77.0, "t2": math.nan}}) is None
+def test_setups_that_disagree_beyond_run_noise_widen_the_interval_to_their_own_few_dof():
+    # Two setups of three runs, one unit apart, runs 0.2 apart: the setup part dominates and only
+    # S - 1 = 1 dof speak for it (balanced: variance MSB / N).
+    model = noise_model({"a": {0: 1.0, 1: 1.2, 2: 0.8}, "b": {0: 2.0, 1: 2.2, 2: 1.8}})
+    msw, msb = 0.04, 1.5
+    assert model["run_sd"] == pytest.approx(math.sqrt(msw))
+    assert model["setup_sd"] == pytest.approx(math.sqrt((msb - msw) / 3))
+    assert model["dof"] == pytest.approx(1.0)
+    assert model["half"] == pytest.approx(t_quantile_975(1) * math.sqrt(msb / 6))
+    assert model["mean"] == pytest.approx(1.5)
 
 
-def test_the_setup_part_widens_the_total_interval_in_quadrature():
-    t_interval = paired_difference({0: 78.0, 1: 78.4, 2: 78.2}, {0: 76.5, 1: 76.7, 2: 76.8})
-    without = decompose_interval(t_interval, {"std": 0.1}, 2000)
-    setup = setup_spread({0: {"t1": 1.5, "t2": 1.0}})
-    with_setup = decompose_interval(t_interval, {"std": 0.1}, 2000, setup=setup)
-    assert without["setup_half"] is None
-    assert with_setup["setup_half"] == pytest.approx(setup["half"])
-    assert with_setup["total_half"] == pytest.approx(math.hypot(without["total_half"], setup["half"]))
-    assert with_setup["total_low"] < without["total_low"] and with_setup["total_high"] > without["total_high"]
+def test_setups_that_agree_within_run_noise_pool_their_runs():
+    same = {"a": {0: 1.0, 1: 1.4, 2: 0.6}, "b": {0: 1.1, 1: 0.7}}
+    model = noise_model(same)
+    one_setup = noise_model({"a": same["a"]})
+    assert model["setup_sd"] == 0.0 and model["runs"] == 5 and model["dof"] == 3
+    assert model["mean"] == pytest.approx(4.8 / 5)
+    assert model["half"] < one_setup["half"]  # two more runs, no setup part
+    assert rerun_half(model) > model["half"]
+
+
+def test_single_runs_on_several_setups_cannot_tell_run_noise_from_the_setup_part():
+    assert noise_model({"a": {0: 1.0}, "b": {0: 1.5}, "c": {0: math.nan, 1: 2.0}}) is None
+
+
+def test_a_difference_pairs_seeds_within_each_setup_only():
+    table = {"v": {"a": {0: 80.0, 1: 81.0}, "b": {0: 79.0}}, "base": {"a": {0: 78.0, 1: 78.5}, "b": {1: 77.0}}}
+    assert difference_by_setup(table, "v", "base") == {"a": {0: 2.0, 1: 2.5}, "b": {}}
+
+
+def test_the_validation_part_joins_the_training_part_in_quadrature():
+    model = noise_model({"a": {0: 1.5, 1: 1.7, 2: 1.4}, "b": {0: 1.6, 1: 1.2}})
+    parts = decompose_interval(model, {"std": 0.1}, 2000)
+    assert parts["training_half"] == pytest.approx(model["half"])
+    assert parts["total_half"] == pytest.approx(math.hypot(model["half"], 1.959964 * 0.1), rel=1e-6)
+    assert parts["total_low"] == pytest.approx(model["mean"] - parts["total_half"])
+    assert decompose_interval(None, {"std": 0.1}, 2000) is None
+
+
+def test_chi2_cdf_matches_its_closed_form_and_table_quantiles():
+    from dsanet_lab.study.stats import chi2_cdf
+
+    assert chi2_cdf(0.5, 2) == pytest.approx(1 - math.exp(-0.25))
+    assert chi2_cdf(3.841, 1) == pytest.approx(0.95, abs=1e-4)
+    assert chi2_cdf(11.070, 5) == pytest.approx(0.95, abs=1e-4)
+    assert chi2_cdf(0.0, 3) == 0.0

@@ -4,6 +4,7 @@
 - :mod:`.runner`: the runs (train or evaluate each variant with each seed), resumable; :mod:`.locks`: one lock per run;
 - :mod:`.bootstrap`: how much the validation sample moves a run's AP and a difference (image bootstrap);
 - :mod:`.stats`: mean, std and paired t-intervals over seeds, and an interval split into its parts;
+- :mod:`.noise`: one model of the noise (effect + setup part + run noise) over runs on several setups;
 - :mod:`.report`: results.json, results.csv, summary.md and the plots.
 """
 from .report import write_report

@@ -12,8 +12,8 @@ from dsanet.fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, Replicated, paired_bootstrap
 from ..provenance import cpu_summary
 from .runner import Run
-from .stats import (CI_METHOD, DECOMPOSITION_METHOD, SETUP_METHOD, decompose_interval, mean_std, paired_difference,
-                    setup_spread, summarize)
+from .noise import NOISE_METHOD, ap_by_setup, difference_by_setup, noise_model
+from .stats import CI_METHOD, DECOMPOSITION_METHOD, decompose_interval, mean_std, paired_difference, summarize
 from .variants import Variant
 
 __all__ = ["write_report", "comparisons_for", "setup_label", "DIFF_METRICS", "THIS_STUDY"]
@@ -104,7 +104,7 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
         if parts:
             need, n, k = parts["needed"], d["AP"]["n"], parts.get("validation_seeds")
             fewer = f" (seeds: {k} of {n})" if k is not None and k != n else ""  # the validation part's seeds
-            rows.append([d["variant"], d["against"], n, _fmt(d["AP"]["mean"], 2), _fmt(parts["seed_sd"], 2),
+            rows.append([d["variant"], d["against"], parts["runs"], _fmt(parts["mean"], 2), _fmt(parts["seed_sd"], 2),
                          _fmt(parts["training_half"], 2), _fmt(parts["validation_half"], 2) + fewer,
                          f"[{_fmt(parts['total_low'], 2)}, {_fmt(parts['total_high'], 2)}]",
                          need["1.0"]["seeds"] or "out of reach", need["0.5"]["seeds"] or "out of reach",
@@ -112,7 +112,7 @@ def _bootstrap_markdown(variants, summary, run_spread, differences) -> List[str]
     return ["", f"Noise of the validation sample. Method: {BOOTSTRAP_METHOD}.", "",
             *_table(["variant", "images", "AP seed std", "AP bootstrap std of one run", "AP50", "AP75"], noise),
             "", f"The AP difference's interval, split into training and validation parts. {DECOMPOSITION_METHOD}.", "",
-            *_table(["variant", "against", "n", "ΔAP", "seed sd", "training ±", "validation ±", "total [95%]",
+            *_table(["variant", "against", "runs", "ΔAP", "run sd", "training ±", "validation ±", "total [95%]",
                      "seeds for ±1.0", "seeds for ±0.5", "images for ±0.5 (then seeds)"], rows)]
 
 
@@ -185,19 +185,9 @@ def setup_label(setup: Optional[Dict]) -> str:
     return f"{cpu_summary(machine['cpu'])}, {threads} thread{'' if threads == 1 else 's'}"
 
 
-def _setup_groups(per_seed: Dict[int, Dict[str, float]], replicates: Sequence[Dict], name: str
-                  ) -> Dict[int, Dict[str, float]]:
-    """seed -> {setup name: the variant's AP}: the study's own run (``per_seed``) and its replicates elsewhere."""
-    groups = {s: {THIS_STUDY: r["AP"]} for s, r in per_seed.items()}
-    for rep in replicates:
-        if rep["variant"] == name and rep["seed"] in groups and rep["metrics"].get("AP") is not None:
-            groups[rep["seed"]][rep["setup_name"]] = rep["metrics"]["AP"]
-    return groups
-
-
-def _setup_markdown(runs, replicates, spreads: Dict[str, Optional[Dict]], differences) -> List[str]:
-    """Each replicated run's AP on every setup, then how far each result (``spreads``: variant ->
-    ``setup_spread``) and each difference moves between setups."""
+def _noise_markdown(runs, replicates, noise: Dict[str, Optional[Dict]], differences) -> List[str]:
+    """With runs imported from other setups: each replicated run's AP on every setup, then each result's
+    noise model (``noise``: variant -> :func:`.noise.noise_model`, and each difference's)."""
     if not replicates:
         return []
     rows = []
@@ -207,19 +197,20 @@ def _setup_markdown(runs, replicates, spreads: Dict[str, Optional[Dict]], differ
             rows.append([r.label, f"{THIS_STUDY}: {setup_label(r.setup)}", _fmt(r.metrics.get("AP"), 2)])
             rows += [[r.label, f"{rep['setup_name']}: {setup_label(rep['setup'])}", _fmt(rep["metrics"].get("AP"), 2)]
                      for rep in theirs]
-    moved = [(f"{name} AP", spread) for name, spread in spreads.items() if spread]
-    moved += [(f"{d['variant']} − {d['against']} ΔAP", d["setup"]) for d in differences if d.get("setup")]
-    return ["", f"How far a result moves between setups. Method: {SETUP_METHOD}.", "",
+    models = [(f"{name} AP", model) for name, model in noise.items() if model]
+    models += [(f"{d['variant']} − {d['against']} ΔAP", d["noise"]) for d in differences if d.get("noise")]
+    return ["", f"Runs on several setups. Method: {NOISE_METHOD}.", "",
             *_table(["run", "setup", "AP"], rows), "",
-            *_table(["result", "groups", "setups", "largest shift", "sd", "± (95%)"], (
-                [label, s["groups"], len(s["setups"]), *(_fmt(s[k], 2) for k in ("max_shift", "sd", "half"))]
-                for label, s in moved))]
+            *_table(["result", "runs", "setups", "mean", "run sd", "setup sd", "95% interval"], (
+                [label, m["runs"], len(m["setups"]), _fmt(m["mean"], 2), _fmt(m["run_sd"], 2),
+                 "—" if m["setup_sd"] is None else _fmt(m["setup_sd"], 2), f"[{_fmt(m['low'], 2)}, {_fmt(m['high'], 2)}]"]
+                for label, m in models))]
 
 
-def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons, imported_differences
+def _differences(variants, finished, per_seed, ap_table, run_spread, extra_comparisons, imported_differences
                  ) -> List[Dict]:
-    """Each compared pair's paired t-intervals, paired image bootstrap, setup spread and the AP interval
-    split into those parts (see :func:`write_report`)."""
+    """Each compared pair's paired t-intervals, paired image bootstrap, noise model over setups and the AP
+    interval split into its parts (see :func:`write_report`)."""
     replicated = {name: _replicated(done) for name, done in finished.items()}
     differences = []
     for name, against in comparisons_for(variants, extra_comparisons):
@@ -232,13 +223,10 @@ def _differences(variants, finished, per_seed, setup_groups, run_spread, extra_c
             paired = next((d.get("bootstrap") for d in imported_differences if d.get("variant") == name and
                            d.get("against") == against and (d.get("AP") or {}).get("n") == difference["AP"]["n"]), None)
         difference["bootstrap"] = paired
-        a, b = setup_groups[name], setup_groups[against]  # seed -> {setup: AP}; the difference on each setup
-        difference["setup"] = setup_spread({s: {k: a[s][k] - b[s][k] for k in sorted(a[s].keys() & b[s].keys())}
-                                            for s in sorted(a.keys() & b.keys())})  # sorted: sums in one order
-        # Imported runs have no replicates: the validation part may then cover fewer seeds (said in the table).
+        difference["noise"] = noise_model(difference_by_setup(ap_table, name, against))
+        # Imported runs have no detections: the validation part may then cover fewer seeds (said in the table).
         if paired and difference["AP"]:
-            parts = decompose_interval(difference["AP"], paired["AP"]["mean"], run_spread[name]["num_images"],
-                                       setup=difference["setup"])
+            parts = decompose_interval(difference["noise"], paired["AP"]["mean"], run_spread[name]["num_images"])
             difference["decomposition"] = parts and {**parts, "validation_seeds": paired["n"]}
         differences.append(difference)
     return differences
@@ -251,7 +239,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     """Write results.json, results.csv, summary.md, ap.png and loss_curves.png into ``output``, the folder
     of the ``runs`` (:func:`.runner.plan_runs`).
 
-    ``setup_replicates`` (``StudyRunner.import_setup``) add each result's setup part; ``imported_differences``
+    ``setup_replicates`` (``StudyRunner.import_setup``) are runs made on other setups: with them each result's
+    noise model (:mod:`.noise`) separates the setup part from run noise; ``imported_differences``
     (an imported study's ``differences``) give a pair whose runs were all imported (no detections here)
     that study's paired image bootstrap, when it was over the same seeds; ``provenance`` is the invocation's.
 
@@ -262,21 +251,21 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     per_seed = {name: {r.seed: r.metrics for r in done} for name, done in finished.items()}
     summary = {name: summarize(by_seed, metrics) for name, by_seed in per_seed.items()}
     run_spread = {name: _run_spread(done) for name, done in finished.items()}
-    setup_groups = {name: _setup_groups(by_seed, setup_replicates, name) for name, by_seed in per_seed.items()}
-    differences = _differences(variants, finished, per_seed, setup_groups, run_spread, extra_comparisons,
+    run_records = [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
+                    "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error, "kept_model": r.kept_model,
+                    "setup": r.setup, "directory": str(r.directory.relative_to(output))} for r in runs]
+    ap_table = ap_by_setup([record for record, r in zip(run_records, runs) if r.ok], setup_replicates, THIS_STUDY)
+    differences = _differences(variants, finished, per_seed, ap_table, run_spread, extra_comparisons,
                                imported_differences)
     results = {
         "provenance": provenance,
         "config_file": config_file, "common_overrides": list(common_overrides), "seeds": list(seeds),
         "variants": [{"name": v.name, "overrides": list(v.overrides), "source": v.source} for v in variants],
         # each run's folder relative to the study folder, so results.json can be kept elsewhere (benchmarks/results/)
-        "runs": [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
-                  "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error, "kept_model": r.kept_model,
-                  "setup": r.setup, "directory": str(r.directory.relative_to(output))}
-                 for r in runs],
+        "runs": run_records,
         "setup_replicates": list(setup_replicates),
-        "setup_spread": {name: setup_spread(groups) for name, groups in setup_groups.items()},
-        "setup_method": SETUP_METHOD,
+        "noise": {v.name: noise_model(ap_table.get(v.name, {})) for v in variants},
+        "noise_method": NOISE_METHOD,
         "summary": summary, "run_spread": run_spread,
         "differences": differences, "ci_method": CI_METHOD, "bootstrap_method": BOOTSTRAP_METHOD,
         "decomposition_method": DECOMPOSITION_METHOD,
@@ -294,7 +283,7 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     write_text(output / "results.csv", table.getvalue())
     write_text(output / "summary.md", "\n".join(
         _summary_markdown(variants, summary, differences, metrics, runs, seeds, run_spread)
-        + _setup_markdown(runs, setup_replicates, results["setup_spread"], differences)) + "\n")
+        + _noise_markdown(runs, setup_replicates, results["noise"], differences)) + "\n")
     _plot_ap(output / "ap.png", per_seed, list(seeds))
     _plot_losses(output / "loss_curves.png", variants, finished)
     return results

@@ -1,11 +1,11 @@
-"""Statistics over seeds and setups: mean and sample std per metric, the paired t-interval of a
-difference (variant and baseline share each seed: same data order, same schedule), that interval split
-into its training, validation and setup parts, and how far a result moves between setups."""
+"""Statistics over seeds: mean and sample std per metric, the paired t-interval of a difference (variant
+and baseline share each seed: same data order, same schedule), and a difference's interval split into its
+training and validation parts (the training part from :mod:`.noise`'s model)."""
 import math
 from typing import Dict, Optional, Sequence
 
 __all__ = ["mean_std", "summarize", "paired_difference", "t_quantile_975", "CI_METHOD", "decompose_interval",
-           "seeds_for_half_width", "DECOMPOSITION_METHOD", "setup_spread", "SETUP_METHOD"]
+           "seeds_for_half_width", "DECOMPOSITION_METHOD", "chi2_cdf"]
 
 CI_METHOD = ("paired t-interval over seeds: per-seed differences d = variant - baseline (same seed), "
              "mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), sd with n-1 in the denominator; needs n >= 2")
@@ -69,13 +69,14 @@ def paired_difference(variant: Dict[int, float], baseline: Dict[int, float]) -> 
 
 
 DECOMPOSITION_METHOD = (
-    "training part: the paired t-interval's half-width over seeds, t(0.975, n-1) * sd(d) / sqrt(n); validation "
-    "part: 1.96 x the bootstrap std of the seed-mean difference over validation images; total half-width: "
-    "sqrt(training^2 + validation^2 + setup^2), the setup part where runs were replicated on other setups "
-    "(conservative: each part's estimate holds a little of the other). Seeds for "
-    "a target half-width h: the smallest n >= 2 with t(0.975, n-1) * sd / sqrt(n) <= sqrt(h^2 - validation^2), "
-    "taking sd and the validation part as measured; validation images for the validation part to be h / sqrt(2): "
-    "images x (validation part / (h / sqrt(2)))^2 (the bootstrap std falls as 1 / sqrt(images))")
+    "training part: the half-width of the noise model's interval of the difference (run noise, and the "
+    "setup-by-variant part where runs were made on several setups; see noise.NOISE_METHOD); validation part: "
+    "1.96 x the bootstrap std of the seed-mean difference over validation images; total half-width: "
+    "sqrt(training^2 + validation^2) around the noise model's mean (conservative: each part's estimate holds a "
+    "little of the other). Seeds for a target half-width h on one setup: the smallest n >= 2 with "
+    "t(0.975, n-1) * run sd / sqrt(n) <= sqrt(h^2 - validation^2), taking the run sd and the validation part as "
+    "measured; validation images for the validation part to be h / sqrt(2): images x (validation part / "
+    "(h / sqrt(2)))^2 (the bootstrap std falls as 1 / sqrt(images))")
 
 
 def seeds_for_half_width(seed_sd: float, validation_half: float, target: float, limit: int = 10_000) -> Optional[int]:
@@ -87,29 +88,24 @@ def seeds_for_half_width(seed_sd: float, validation_half: float, target: float, 
     return next((n for n in range(2, limit + 1) if _t_half_width(seed_sd, n) <= room), None)
 
 
-def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[Dict], num_images: int,
-                       targets: Sequence[float] = (1.0, 0.5), setup: Optional[Dict] = None) -> Optional[Dict]:
-    """How wide a paired difference's interval is, from training (seeds) and from the validation sample.
+def decompose_interval(noise: Optional[Dict], bootstrap_of_mean: Optional[Dict], num_images: int,
+                       targets: Sequence[float] = (1.0, 0.5)) -> Optional[Dict]:
+    """How wide a paired difference's interval is, from training (runs, setups) and from the validation sample.
 
     Args:
-        t_interval: ``paired_difference`` of the metric; bootstrap_of_mean: the paired bootstrap of the
-            seed-mean difference (``{"std", ...}``); num_images: the validation images; setup: the
-            difference's ``setup_spread`` where runs were replicated on other setups (its half-width then
-            joins the total: a rerun elsewhere moves the difference by that much on top of seeds and images).
+        noise: the difference's :func:`.noise.noise_model`; bootstrap_of_mean: the paired bootstrap of the
+            seed-mean difference (``{"std", ...}``); num_images: the validation images.
 
     Returns:
-        ``{"seed_sd", "training_half", "validation_half", "setup_half", "total_half", "total_low", "total_high",
-        "needed": {target: {"seeds", "seeds_with_more_images", "images"}}}`` (``setup_half`` None without
-        ``setup``; ``needed`` counts seeds and images only), None without both inputs.
+        ``{"mean", "runs", "seed_sd", "setup_sd", "training_half", "validation_half", "total_half", "total_low",
+        "total_high", "needed": {target: {"seeds", "seeds_with_more_images", "images"}}}`` (``setup_sd`` None
+        with one setup; ``needed`` counts seeds on one setup and images), None without both inputs.
     """
-    if not t_interval or not bootstrap_of_mean:
+    if not noise or not bootstrap_of_mean:
         return None
-    n, mean = t_interval["n"], t_interval["mean"]
-    seed_sd = mean_std(list(t_interval["per_seed"].values()))["std"]
-    training = _t_half_width(seed_sd, n)
+    seed_sd, training, mean = noise["run_sd"], noise["half"], noise["mean"]
     validation = _Z975 * bootstrap_of_mean["std"]
-    setup_half = setup["half"] if setup else None
-    total = math.sqrt(training ** 2 + validation ** 2 + (setup_half or 0.0) ** 2)
+    total = math.sqrt(training ** 2 + validation ** 2)
     measured, needed = not math.isnan(validation), {}
     for h in targets:
         share = h / math.sqrt(2)  # the validation part's target
@@ -117,40 +113,21 @@ def decompose_interval(t_interval: Optional[Dict], bootstrap_of_mean: Optional[D
                           "images": int(math.ceil(num_images * (validation / share) ** 2)) if measured else None,
                           "seeds_with_more_images": seeds_for_half_width(seed_sd, min(validation, share), h)
                           if measured else None}
-    return {"seed_sd": seed_sd, "training_half": training, "validation_half": validation, "setup_half": setup_half,
-            "total_half": total, "total_low": mean - total, "total_high": mean + total, "needed": needed}
+    return {"mean": mean, "runs": noise["runs"], "seed_sd": seed_sd, "setup_sd": noise["setup_sd"],
+            "training_half": training, "validation_half": validation, "total_half": total,
+            "total_low": mean - total, "total_high": mean + total, "needed": needed}
 
 
-SETUP_METHOD = (
-    "setup part: the same variant and seed trained on more than one setup (processor, thread count); per "
-    "(variant, seed) group the deviations from the group's mean, pooled: sd = sqrt(sum dev^2 / sum(k - 1)); "
-    "half-width 1.96 x sd (what one rerun on another setup is expected to move by, 95%); max_shift is the "
-    "largest difference between two setups of one group. For a paired difference the same over per-setup "
-    "differences d = variant - baseline. Few setups give a rough sd: the number of groups and setups is kept.")
-
-
-def setup_spread(groups: Dict[object, Dict[str, float]]) -> Optional[Dict]:
-    """How far a result moves between setups (machines, thread counts) with everything else fixed.
-
-    Args:
-        groups: one entry per (variant, seed) or per seed of a difference: ``{setup name: value}``.
-            Groups with fewer than two finite values do not count.
-
-    Returns:
-        ``{"sd", "half", "max_shift", "groups", "setups", "dof"}`` or None when no group has two setups.
-    """
-    squares, dof, shifts, setups = 0.0, 0, [], set()
-    for values in groups.values():
-        finite = {name: v for name, v in values.items() if not math.isnan(v)}
-        if len(finite) < 2:
-            continue
-        mean = sum(finite.values()) / len(finite)
-        squares += sum((v - mean) ** 2 for v in finite.values())
-        dof += len(finite) - 1
-        shifts.append(max(finite.values()) - min(finite.values()))
-        setups.update(finite)
-    if not dof:
-        return None
-    sd = math.sqrt(squares / dof)
-    return {"sd": sd, "half": _Z975 * sd, "max_shift": max(shifts), "groups": len(shifts), "setups": sorted(setups),
-            "dof": dof}
+def chi2_cdf(x: float, dof: int) -> float:
+    """P(X <= x) for X chi-squared with ``dof`` degrees of freedom (the regularized lower incomplete gamma
+    P(dof/2, x/2) by its power series): how likely a sample variance as small as one seen is."""
+    if x <= 0:
+        return 0.0
+    a, h = dof / 2, x / 2
+    term = total = 1.0 / a
+    n = 0
+    while term > 1e-15 * total:
+        n += 1
+        term *= h / (a + n)
+        total += term
+    return math.exp(a * math.log(h) - h - math.lgamma(a)) * total
