@@ -18,7 +18,7 @@ else
 TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup test demo bench study study-paper gpu-check clean-venv
+.PHONY: setup test demo bench study study-headline study-paper gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -59,6 +59,20 @@ study: setup
 	    --eval-variant 'dsanet_conf_alpha0.5=dsanet_conf: model.score_fusion_alpha=0.5' \
 	    --eval-variant 'dsanet_conf_alpha0.7=dsanet_conf: model.score_fusion_alpha=0.7' \
 	    --compare dsanet_conf:retinanet_conf --compare dsanet:retinanet_conf
+
+# The README's headline (projects/DSANet/docs/STUDIES.md): RetinaNet, DSANet-Conf and DSANet, HEADLINE_SEEDS seeds
+# with one intra-op thread, seeds 0 and 1 again with two threads (a second setup), then the report over both
+# setups. Resumable, and the first step may run twice at a time on a 2-core CPU like `make study`.
+HEADLINE_OUT := output/study_headline
+HEADLINE_SEEDS ?= 7
+HEADLINE = $(PY) tools/compare_variants.py --config-file configs/Demo/dsanet_conf_synthetic_study_cpu.py \
+	--variant 'retinanet: model.head.dsa_levels=[] model.head.with_confidence=False' --variant 'dsanet_conf:' \
+	--variant 'dsanet: model.head.with_confidence=False' --compare dsanet_conf:dsanet
+study-headline: setup
+	$(HEADLINE) --seeds $(HEADLINE_SEEDS) --threads 1 --output $(HEADLINE_OUT)
+	$(HEADLINE) --seeds 2 --threads 2 --output $(HEADLINE_OUT)_threads2
+	$(HEADLINE) --seeds $(HEADLINE_SEEDS) --threads 1 --output $(HEADLINE_OUT) \
+	    --import-setup threads2=$(HEADLINE_OUT)_threads2/results.json
 
 # The paper's design choices (its Tables 1-5) and full-resolution P3 on the embedded benchmark, each paired
 # with DSANet (no confidence, as in those tables) seed by seed; RetinaNet is the reference row. Variants come

@@ -253,7 +253,8 @@ def write_report(output: Path, *, config_file: str, common_overrides: Sequence[s
     run_spread = {name: _run_spread(done) for name, done in finished.items()}
     run_records = [{"variant": r.variant.name, "seed": r.seed, "status": r.status, "seconds": r.seconds,
                     "metrics": r.metrics, "bootstrap": r.bootstrap, "error": r.error, "kept_model": r.kept_model,
-                    "setup": r.setup, "directory": str(r.directory.relative_to(output))} for r in runs]
+                    "setup": r.setup, "imported_from": r.imported_from,
+                    "directory": str(r.directory.relative_to(output))} for r in runs]
     ap_table = ap_by_setup([record for record, r in zip(run_records, runs) if r.ok], setup_replicates, THIS_STUDY)
     differences = _differences(variants, finished, per_seed, ap_table, run_spread, extra_comparisons,
                                imported_differences)

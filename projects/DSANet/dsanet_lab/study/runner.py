@@ -69,6 +69,14 @@ class Run:
         except (OSError, ValueError, AttributeError):
             return None
 
+    @property
+    def imported_from(self) -> Optional[str]:
+        """The kept results file the run was read from (``--import-results``), None for a run made here."""
+        try:
+            return json.loads((self.directory / MARKER).read_text()).get("imported_from")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def replicates(self) -> Optional[Dict[str, np.ndarray]]:
         """Each bootstrap replicate's metrics (metric -> (B,)), or None when none were saved."""
         path = self.directory / "inference" / REPLICATES_FILE
