@@ -242,6 +242,28 @@ def test_a_difference_waits_for_two_seeds():
     assert row[3] == "+1.00 (1 seed)" and row[5] == "—"
 
 
+def _headline_study(low: float, high: float) -> dict:
+    """A two-variant study whose v - base difference has the total interval [low, high], over 9 runs on 2 setups."""
+    noise = {"mean": (low + high) / 2, "low": low, "high": high, "half": (high - low) / 2, "dof": 7, "run_sd": 0.8,
+             "setup_sd": 0.0, "runs": 9, "setups": {"this study": {"n": 7, "mean": 0.0}, "threads2": {"n": 2, "mean": 0.0}}}
+    parts = {"mean": (low + high) / 2, "runs": 9, "total_low": low, "total_high": high, "total_half": (high - low) / 2,
+             "training_half": 0.6, "validation_half": 0.3}
+    return {"variants": [{"name": "base"}, {"name": "v"}], "noise": {"base": noise, "v": noise},
+            "differences": [{"variant": "v", "against": "base", "AP": {"mean": 0.0, "n": 7}, "noise": noise,
+                             "decomposition": parts}]}
+
+
+def test_the_headline_says_first_in_words_whether_the_benchmark_tells_the_models_apart():
+    from dsanet_lab.pages import setups
+
+    assert setups.headline(_headline_study(-0.4, 1.2)).startswith(
+        "The embedded benchmark does not tell v from base: +0.40 AP, 95% interval [-0.40, 1.20]")
+    above = setups.headline(_headline_study(0.3, 1.9))
+    assert above.startswith("On the embedded benchmark, v is better than base: +1.10 AP") and "9 paired runs on 2 setups" in above
+    rerun = setups.reproduction(_headline_study(0.3, 1.9))
+    assert "the v - base difference" in rerun and "the mean of 7 seeds" in rerun
+
+
 def test_a_recipe_study_compares_with_its_own_first_variant():
     """The reference column of the recipe table is the study's first variant, whatever its name."""
     data = json.loads((RESULTS / "study_small_custom" / "results.json").read_text())

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .format import REPO_LINK, bracket, num, per_seed_deltas, signed, table
-from .studies import paired_over_seeds, total_interval
+from .studies import paired_over_seeds, total_estimate
 
 PAPER_TABLES = "benchmarks/paper_coco.json"  # the paper's COCO numbers, quoted as printed
 
@@ -61,8 +61,8 @@ def interval_clause(name: str, against: str, low: float, high: float) -> str:
     return f"the embedded benchmark does not tell {name} from {against}"
 
 
-def _measured(mean: float, low: float, high: float, seeds: int) -> str:
-    return f"({signed(mean)} AP, 95% interval {bracket(low, high)}, {seeds} seeds)"
+def _measured(mean: float, low: float, high: float, runs: int) -> str:
+    return f"({signed(mean)} AP, 95% interval {bracket(low, high)}, {runs} runs)"
 
 
 def _sentence(text: str) -> str:
@@ -87,9 +87,9 @@ def _paper_clause(paper: Dict[str, Any], name: str, against: str, baseline: str)
 def difference_sentence(paper: Dict[str, Any], diff: Dict[str, Any], baseline: str) -> str:
     """One sentence on a measured difference and the paper's difference between the same rows."""
     name, against = diff["variant"], diff["against"]
-    low, high = total_interval(diff)
+    mean, low, high, runs = total_estimate(diff)
     return _sentence(f"{interval_clause(name, against, low, high)} "
-                     f"{_measured(diff['AP']['mean'], low, high, diff['AP']['n'])}"
+                     f"{_measured(mean, low, high, runs)}"
                      f"{_paper_clause(paper, name, against, baseline)}")
 
 
@@ -114,10 +114,10 @@ def _choice_row(paper: Dict[str, Any], name: str, diff: Optional[Dict[str, Any]]
         seeds = f"{signed(diff['AP']['mean'])} (1 seed)" if (diff or {}).get("AP") else "pending"
         return [name, place, paper_cell, seeds, "—", "—", "—", "—", cost]
     ap, dec = diff["AP"], diff.get("decomposition") or {}
-    low, high = total_interval(diff)
-    parts = (f"±{num(dec['training_half'])} / ±{num(dec['validation_half'])}"
-             + (f" / ±{num(dec['setup_half'])}" if dec.get("setup_half") else "")) if dec else "—"
-    return [name, place, paper_cell, f"{signed(ap['mean'])} ({per_seed_deltas(ap)})", parts, bracket(low, high),
+    mean, low, high, runs = total_estimate(diff)
+    parts = f"±{num(dec['training_half'])} / ±{num(dec['validation_half'])}" if dec else "—"
+    here = f"{signed(ap['mean'])} ({per_seed_deltas(ap)})" + (f"; {signed(mean)} over {runs} runs" if runs != ap["n"] else "")
+    return [name, place, paper_cell, here, parts, bracket(low, high),
             sign_agreement(paper_delta, low, high), str(dec["needed"]["1.0"]["seeds"]) if dec else "—", cost]
 
 
@@ -145,7 +145,7 @@ def study_paper(study: Dict[str, Any], paper: Dict[str, Any]) -> str:
     wide = [text for text in (_wide(d["variant"], d) for d in measured) if text]
     paper_baseline = f"{paper['baseline']['row']}, Table {paper['baseline']['table']}"
     header = ["variant", "paper row", f"paper ΔAP (COCO, vs {paper_baseline})", f"ΔAP vs {baseline} here (per seed)",
-              "± seeds / validation [/ setup] part", "total [95%]", "same sign as the paper",
+              "± training / validation part", "total [95%]", "same sign as the paper",
               "seeds for ±1.0", f"minutes per run (x {baseline})"]
     text = table(header, rows)
     if measured or pairs:

@@ -54,9 +54,17 @@ TABLES: Dict[str, Table] = {
     "study_finetune": Table(("study_finetune/results.json",), studies.study),
     "study_default": Table(("study_default/results.json",), studies.study),
     "study_small_custom": Table(("study_small_custom/results.json",), studies.study_recipes),
-    # setups
+    # the headline study (README.md, STUDIES.md) and the noise model over setups
+    "headline": Table(("study_headline/results.json",), setups.headline),
+    "study_headline": Table(("study_headline/results.json",), studies.study),
+    "study_headline_noise": Table(("study_headline/results.json",), setups.study_setup),
+    "reproduction": Table(("study_headline/results.json",), setups.reproduction),
+    "headline_reproduced": Table(("study_headline/results.json", "study_paper/results.json", "study_default/results.json"),
+                                 setups.imported_and_reproduced),
+    "seed_check": Table(("study_headline/seed_check.json",), setups.seed_check),
+    "earlier_seeds": Table(("study_benchmark/retinanet_dsanet_conf_3seeds/results.json", "study_headline/results.json"),
+                           setups.earlier_seeds),
     "study_setup": Table(("study_setup/results.json",), setups.study_setup),
-    "reproduction": Table(("study_setup/results.json",), setups.reproduction),
     # the paper
     "study_paper": Table(("study_paper/results.json",), paper.study_paper, inputs=(PAPER,)),
     "paper_coco_configs": Table((PAPER,), paper.paper_configs("coco")),

@@ -1,9 +1,13 @@
-"""How far a setup (processor, thread count) moves a study's results: the runs replicated on other
-setups, each result's setup part, and what a rerun elsewhere should expect."""
-from typing import Any, Dict, List
+"""How far a study's results move between runs and between setups (processor, thread count), from the one
+noise model of :mod:`dsanet_lab.study.noise` that the study's report holds: the runs made on several setups,
+each result's run and setup parts, the headline difference in plain words, and what a rerun should expect."""
+from typing import Any, Dict, List, Optional
 
+from ..study.noise import rerun_half
 from ..study.report import setup_label
 from .format import bracket, num, signed, table
+from .paper import interval_clause
+from .studies import total_estimate
 
 
 def _replicated_runs(study: Dict[str, Any]) -> List[List[Any]]:
@@ -12,56 +16,133 @@ def _replicated_runs(study: Dict[str, Any]) -> List[List[Any]]:
     for run in study["runs"]:
         replicas = [r for r in study.get("setup_replicates", [])
                     if r["variant"] == run["variant"] and r["seed"] == run["seed"]]
-        if not replicas:
+        if not replicas or not run.get("metrics"):
             continue
-        rows.append([run["variant"], run["seed"], f"kept study: {setup_label(run.get('setup'))}", num(run["metrics"]["AP"])])
+        rows.append([run["variant"], run["seed"], f"this study: {setup_label(run.get('setup'))}",
+                     num(run["metrics"]["AP"])])
         rows += [[run["variant"], run["seed"], f"{r['setup_name']}: {setup_label(r.get('setup'))}",
                   num(r["metrics"]["AP"])] for r in replicas]
     return rows
 
 
-def _setup_parts(study: Dict[str, Any]) -> List[List[Any]]:
-    """Each model's and each difference's spread between setups."""
-    rows = [[f"{name} AP", len(s["setups"]), num(s["max_shift"]), f"±{num(s['half'])}"]
-            for name, s in study["setup_spread"].items() if s]
-    rows += [[f"{d['variant']} - {d['against']} ΔAP", len(d["setup"]["setups"]), num(d["setup"]["max_shift"]),
-              f"±{num(d['setup']['half'])}"] for d in study["differences"] if d.get("setup")]
-    return rows
+def _models(study: Dict[str, Any]) -> List[tuple]:
+    """(label, noise model) of each variant's AP and each difference's ΔAP that has one."""
+    models = [(f"{name} AP", model) for name, model in (study.get("noise") or {}).items() if model]
+    return models + [(f"{d['variant']} - {d['against']} ΔAP", d["noise"]) for d in study["differences"] if d.get("noise")]
 
 
-def _interval_parts(study: Dict[str, Any]) -> List[List[Any]]:
-    """Each decomposed difference's seeds, validation and setup parts and its total interval."""
-    rows = []
-    for d in study["differences"]:
-        dec = d.get("decomposition")
-        if dec:
-            rows.append([f"{d['variant']} - {d['against']}", d["AP"]["n"], signed(d["AP"]["mean"]),
-                         f"±{num(dec['training_half'])}", f"±{num(dec['validation_half'])}",
-                         f"±{num(dec['setup_half'])}", bracket(dec["total_low"], dec["total_high"])])
-    return rows
+def _noise_rows(study: Dict[str, Any]) -> List[List[Any]]:
+    return [[label, m["runs"], len(m["setups"]), num(m["mean"]), num(m["run_sd"]),
+             "not measured" if m["setup_sd"] is None else num(m["setup_sd"]), bracket(m["low"], m["high"])]
+            for label, m in _models(study)]
+
+
+def noise_components(study: Dict[str, Any]) -> str:
+    """Each result's noise model: runs, setups, mean, run sd, setup sd and the 95% interval of the mean."""
+    return table(["result", "runs", "setups", "mean", "run sd", "setup sd", "95% interval of the mean"],
+                 _noise_rows(study))
 
 
 def study_setup(study: Dict[str, Any]) -> str:
-    """Seed 0 of each model on every setup, each result's spread between setups, and the headline
-    difference's interval with its setup part."""
-    return "\n\n".join([
-        table(["variant", "seed", "setup", "AP"], _replicated_runs(study)),
-        table(["result", "setups", "largest shift", "setup part (95%)"], _setup_parts(study)),
-        table(["difference", "seeds", "ΔAP", "seeds part", "validation part", "setup part", "total [95%]"],
-              _interval_parts(study)),
-    ])
+    """The runs made on several setups, then each result's noise model."""
+    return table(["variant", "seed", "setup", "AP"], _replicated_runs(study)) + "\n\n" + noise_components(study)
+
+
+def _against_baseline(study: Dict[str, Any]) -> List[Dict[str, Any]]:
+    baseline = study["variants"][0]["name"]
+    return [d for d in study["differences"] if d["against"] == baseline and d.get("decomposition")]
+
+
+def headline(study: Dict[str, Any]) -> str:
+    """One plain sentence per variant against the study's baseline (whether the benchmark tells them apart,
+    by how much), then the numbers: mean, total interval, runs and setups, the parts of the interval."""
+    sentences = []
+    for d in _against_baseline(study):
+        mean, low, high, runs = total_estimate(d)
+        dec, setups = d["decomposition"], len(d["noise"]["setups"])
+        clause = interval_clause(d["variant"], d["against"], low, high)
+        sentences.append(
+            f"{clause[0].upper()}{clause[1:]}: {signed(mean)} AP, 95% interval {bracket(low, high)} "
+            f"(±{num(dec['total_half'])}: runs and setups ±{num(dec['training_half'])}, validation images "
+            f"±{num(dec['validation_half'])}), over {runs} paired runs on {setups} setup{'s' if setups > 1 else ''}.")
+    return " ".join(sentences)
+
+
+def _difference(study: Dict[str, Any], variant: str, against: str) -> Optional[Dict[str, Any]]:
+    return next((d for d in study["differences"] if (d["variant"], d["against"]) == (variant, against)), None)
 
 
 def reproduction(study: Dict[str, Any]) -> str:
-    """What a user should expect before rerunning: how close their numbers should land."""
-    model = max((s for s in study["setup_spread"].values() if s), key=lambda s: s["half"])
-    [difference] = [d for d in study["differences"] if d.get("setup")]
-    dec, setup = difference["decomposition"], difference["setup"]
-    return (f"Rerunning a study gives the same digits on the same processor model with the same thread count "
-            f"(fp32; the bf16 study's fp32 control retrained a kept run to the same digits). On another processor or "
-            f"thread count, expect one model's AP within ±{num(model['half'], 1)} AP of the kept one and the "
-            f"{difference['variant']} - {difference['against']} difference within ±{num(setup['half'], 1)} "
-            f"AP (95%, measured from {len(setup['setups'])} setups of seed 0: the largest shifts were "
-            f"{num(model['max_shift'], 2)} and {num(setup['max_shift'], 2)} AP). With that setup part, the "
-            f"headline difference is {signed(difference['AP']['mean'])} AP, 95% interval "
-            f"{bracket(dec['total_low'], dec['total_high'])}.")
+    """What a user rerunning the study on another processor or thread count should expect, from the noise
+    model: one model's AP of one run, and the headline difference of one seed and of the study's seeds."""
+    models = {name: m for name, m in (study.get("noise") or {}).items() if m}
+    worst = max(models, key=lambda name: rerun_half(models[name]))
+    [first, *_] = _against_baseline(study)
+    diff = first["noise"]
+    seeds = max(s["n"] for s in diff["setups"].values())
+    setup_part = ("a setup part of " + num(diff["setup_sd"]) + " AP sd" if diff["setup_sd"] is not None
+                  else "no setup part measured")
+    return (f"On another processor or thread count, expect one run's AP within ±{num(rerun_half(models[worst]), 1)} "
+            f"AP of the mean here ({worst}, the widest), and the {first['variant']} - {first['against']} difference "
+            f"within ±{num(rerun_half(diff), 1)} AP for one seed and ±{num(rerun_half(diff, seeds), 1)} AP for the "
+            f"mean of {seeds} seeds (95%, from the noise model: a run sd of {num(diff['run_sd'])} AP and "
+            f"{setup_part} in the difference, over {diff['runs']} runs on {len(diff['setups'])} setup{'s' if len(diff['setups']) > 1 else ''}).")
+
+
+def seed_check(data: Dict[str, Any]) -> str:
+    """Each checkout's and seed's initial-weights and first-batch hashes (benchmarks/seed_first_step.py),
+    then whether two seeds differ in both and one seed agrees across the checkouts."""
+    rows = [[row["commit"][:7], row["seed"], row["weights"], row["first_batch"], ", ".join(row["first_images"])]
+            for row in data["rows"]]
+    by_commit: Dict[str, Dict[int, tuple]] = {}
+    for row in data["rows"]:
+        by_commit.setdefault(row["commit"][:7], {})[row["seed"]] = (row["weights"], row["first_batch"])
+    differ = all(len(set(w for w, _ in seeds.values())) == len(seeds) and len(set(b for _, b in seeds.values())) == len(seeds)
+                 for seeds in by_commit.values())
+    same = all(len({seeds.get(s) for seeds in by_commit.values()}) == 1 for s in {row["seed"] for row in data["rows"]})
+    return (table(["commit", "seed", "initial weights (sha256)", "first batch (sha256)", "first images"], rows) + "\n\n"
+            + f"Different seeds give different initial weights and first batches at every commit: "
+              f"{'yes' if differ else 'no'}. The same seed gives the same at every commit: {'yes' if same else 'no'}.")
+
+
+def earlier_seeds(earlier: Dict[str, Any], study: Dict[str, Any]) -> str:
+    """Each model of an earlier study over its seeds against this study's run sd: the chance, under the noise
+    model, that seeds of one setup spread as little as the earlier ones did (chi-squared, n - 1 dof)."""
+    from ..study.stats import chi2_cdf, mean_std
+    rows = []
+    for name, model in (study.get("noise") or {}).items():
+        values = [run["metrics"]["AP"] for run in earlier["runs"] if run["variant"] == name and run.get("metrics")]
+        if not model or len(values) < 2:
+            continue
+        sd = mean_std(values)["std"]
+        chance = chi2_cdf((len(values) - 1) * sd ** 2 / model["run_sd"] ** 2, len(values) - 1)
+        rows.append([name, ", ".join(f"{v:.2f}" for v in values), num(sd), num(model["run_sd"]), f"{chance:.3f}"])
+    return table(["variant", "AP per seed, first study", "their sd", "run sd here", "chance of a spread that small"],
+                 rows)
+
+
+def _same_setup(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
+    """Whether two runs' setups are one processor model with one thread count (their machine records)."""
+    ma, mb = (a or {}).get("machine"), (b or {}).get("machine")
+    return bool(ma and mb) and setup_label(a) == setup_label(b)
+
+
+def imported_and_reproduced(study: Dict[str, Any], *kept: Dict[str, Any]) -> str:
+    """Which runs a study read from kept studies (made on the same setup at earlier commits), then each run it
+    made again that a kept study holds on the same setup: both APs and whether they are identical."""
+    imported = [run for run in study["runs"] if run.get("imported_from")]
+    rows = []
+    for run in study["runs"]:
+        if run.get("imported_from") or not run.get("metrics"):
+            continue
+        for other in kept:
+            match = next((r for r in other["runs"] if (r["variant"], r["seed"]) == (run["variant"], run["seed"])
+                          and r.get("metrics") and _same_setup(r.get("setup"), run.get("setup"))), None)
+            if match:
+                rows.append([run["variant"], run["seed"], repr(run["metrics"]["AP"]), repr(match["metrics"]["AP"]),
+                             ((match.get("setup") or {}).get("code") or {}).get("commit", "—")[:7],
+                             "yes" if match["metrics"]["AP"] == run["metrics"]["AP"] else "no"])
+                break
+    read = ", ".join(f"{run['variant']} {run['seed']}" for run in imported)
+    return (f"Runs read from kept studies (same setup, other commits): {read or 'none'}.\n\n"
+            + table(["variant", "seed", "AP made here", "AP kept", "kept run's commit", "identical"], rows))

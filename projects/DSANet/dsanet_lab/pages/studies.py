@@ -11,10 +11,13 @@ def paired_over_seeds(diff: Optional[Dict[str, Any]]) -> bool:
     return bool(diff and diff.get("AP") and diff["AP"]["n"] >= 2)
 
 
-def total_interval(diff: Dict[str, Any]) -> Tuple[float, float]:
-    """A difference's total 95% interval (seeds, validation and setup parts), else its paired t-interval."""
-    dec = diff.get("decomposition") or {}
-    return (dec["total_low"], dec["total_high"]) if dec else (diff["AP"]["ci_low"], diff["AP"]["ci_high"])
+def total_estimate(diff: Dict[str, Any]) -> Tuple[float, float, float, int]:
+    """A difference's (mean, total 95% interval low, high, runs): the noise model's over the runs of every
+    setup with the validation part, else the paired t-interval over the study's own seeds."""
+    ap, dec = diff["AP"], diff.get("decomposition") or {}
+    if not dec:
+        return ap["mean"], ap["ci_low"], ap["ci_high"], ap["n"]
+    return dec.get("mean", ap["mean"]), dec["total_low"], dec["total_high"], dec.get("runs", ap["n"])
 
 
 def finished_runs(study: Dict[str, Any], variant: str) -> List[Dict[str, Any]]:
@@ -43,8 +46,12 @@ def _difference_row(diff: Dict[str, Any]) -> List[Any]:
     ap = diff["AP"]
     boot = (diff.get("bootstrap") or {}).get("AP", {}).get("mean")
     dec = diff.get("decomposition")
-    return [f"{diff['variant']} - {diff['against']}", ap["n"], per_seed_deltas(ap), interval(ap),
-            bracket(boot["ci_low"], boot["ci_high"]) if boot else "—",
+    # Imported runs carry no predictions, so the bootstrap may cover fewer seeds than the t-interval.
+    boot_seeds = (diff.get("bootstrap") or {}).get("n", ap["n"])
+    boot_cell = bracket(boot["ci_low"], boot["ci_high"]) if boot else "—"
+    if boot and boot_seeds != ap["n"]:
+        boot_cell += f" ({boot_seeds} of {ap['n']} seeds)"
+    return [f"{diff['variant']} - {diff['against']}", ap["n"], per_seed_deltas(ap), interval(ap), boot_cell,
             f"{bracket(dec['total_low'], dec['total_high'])}, ±{dec['total_half']:.2f}" if dec else "—",
             f"{dec['needed']['1.0']['seeds']} / {dec['needed']['0.5']['seeds']}" if dec else "—"]
 
@@ -62,9 +69,17 @@ def differences_ap50_75(study: Dict[str, Any]) -> str:
     return table(["difference", "seeds", "ΔAP [95% CI]", "ΔAP50 [95% CI]", "ΔAP75 [95% CI]"], rows)
 
 
+def setups_note(data: Dict[str, Any]) -> str:
+    """Whether the study's intervals hold a setup part: the setups its differences' runs were made on."""
+    counts = [len((d.get("noise") or {}).get("setups") or {}) for d in data["differences"]]
+    if max(counts, default=0) > 1:
+        return f"Runs on {max(counts)} setups: the total intervals hold a setup part (the noise model)."
+    return "Runs on one setup: the intervals hold run noise and the validation sample; a setup part is not measured."
+
+
 def study(data: Dict[str, Any]) -> str:
-    """A study's variants, then its differences."""
-    return summary(data) + "\n\n" + differences(data)
+    """A study's variants, then its differences, then whether a setup part was measured."""
+    return summary(data) + "\n\n" + differences(data) + "\n\n" + setups_note(data)
 
 
 def study_ap50_75(data: Dict[str, Any]) -> str:
