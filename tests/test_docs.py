@@ -264,6 +264,18 @@ def test_the_headline_says_first_in_words_whether_the_benchmark_tells_the_models
     assert "the v - base difference" in rerun and "the mean of 7 seeds" in rerun
 
 
+def test_a_rerun_at_an_old_commit_says_whose_digits_it_gives():
+    """The first headline's cause: its commit retrained gives this study's AP (the code is not at fault)
+    or the kept AP; the sentence must follow the numbers, not assume."""
+    from dsanet_lab.pages import setups
+
+    def study(ap):
+        return {"runs": [{"variant": "r", "seed": 0, "metrics": {"AP": ap}}]}
+    rerun = {"provenance": {"code": {"commit": "abcdef0123"}}, **study(77.5)}
+    assert "this study's AP to the last digit: yes; the kept AP: no" in setups.first_commit_rerun(study(76.2), rerun, study(77.5))
+    assert "this study's AP to the last digit: no; the kept AP: yes" in setups.first_commit_rerun(study(77.5), rerun, study(76.2))
+
+
 def test_a_recipe_study_compares_with_its_own_first_variant():
     """The reference column of the recipe table is the study's first variant, whatever its name."""
     data = json.loads((RESULTS / "study_small_custom" / "results.json").read_text())

@@ -121,6 +121,29 @@ def earlier_seeds(earlier: Dict[str, Any], study: Dict[str, Any]) -> str:
                  rows)
 
 
+def first_commit_rerun(earlier: Dict[str, Any], rerun: Dict[str, Any], study: Dict[str, Any]) -> str:
+    """Each run of ``rerun`` (the earlier study's commit, retrained on this study's setup) beside the earlier
+    study's kept run and this study's run of the same variant and seed, then whether the rerun gives this
+    study's digits (the code) or the kept ones (how the kept runs were made)."""
+    def ap(data: Dict[str, Any], variant: str, seed: int) -> Optional[float]:
+        run = next((r for r in data["runs"] if (r["variant"], r["seed"]) == (variant, seed) and r.get("metrics")), None)
+        return run["metrics"]["AP"] if run else None
+
+    commit = (((rerun.get("provenance") or {}).get("code") or {}).get("commit") or "?")[:7]
+    rows, same_as_here, same_as_kept = [], True, True
+    for run in rerun["runs"]:
+        if not run.get("metrics"):
+            continue
+        kept, here = ap(earlier, run["variant"], run["seed"]), ap(study, run["variant"], run["seed"])
+        same_as_here &= here == run["metrics"]["AP"]
+        same_as_kept &= kept == run["metrics"]["AP"]
+        rows.append([run["variant"], run["seed"], num(kept) if kept is not None else "—", num(run["metrics"]["AP"]),
+                     num(here) if here is not None else "—"])
+    return (table(["variant", "seed", "AP kept, first study", f"AP retrained at {commit}", "AP in this study"], rows)
+            + f"\n\nRetrained at {commit}, every run gives this study's AP to the last digit: "
+              f"{'yes' if same_as_here else 'no'}; the kept AP: {'yes' if same_as_kept else 'no'}.")
+
+
 def _same_setup(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
     """Whether two runs' setups are one processor model with one thread count (their machine records)."""
     ma, mb = (a or {}).get("machine"), (b or {}).get("machine")
