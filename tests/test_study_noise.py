@@ -63,3 +63,16 @@ def test_chi2_cdf_matches_its_closed_form_and_table_quantiles():
     assert chi2_cdf(3.841, 1) == pytest.approx(0.95, abs=1e-4)
     assert chi2_cdf(11.070, 5) == pytest.approx(0.95, abs=1e-4)
     assert chi2_cdf(0.0, 3) == 0.0
+
+
+def test_setups_needed_follow_the_setup_part_and_not_the_seeds():
+    from dsanet_lab.study.noise import setups_for_half
+
+    # setup sd 1, no run noise: t(0.975, S-1) / sqrt(S) <= 1 first at S = 7 (2.447 / 2.646; S = 6: 2.571 / 2.449).
+    only_setups = {"setup_sd": 1.0, "run_sd": 0.0}
+    assert setups_for_half(only_setups, 1.0) == 7
+    assert setups_for_half(only_setups, 1.0, seeds_per_setup=20) == 7  # more seeds per setup do not help
+    assert setups_for_half({"setup_sd": 2.0, "run_sd": 0.0}, 1.0) > 7
+    assert setups_for_half({"setup_sd": 1.0, "run_sd": 0.0}, 1.0, validation_half=0.5) > 7
+    assert setups_for_half({"setup_sd": None, "run_sd": 0.5}, 1.0) is None  # one setup: not measured
+    assert setups_for_half(only_setups, 1.0, validation_half=1.0) is None

@@ -3,7 +3,7 @@ noise model of :mod:`dsanet_lab.study.noise` that the study's report holds: the 
 each result's run and setup parts, the headline difference in plain words, and what a rerun should expect."""
 from typing import Any, Dict, List, Optional
 
-from ..study.noise import rerun_half
+from ..study.noise import rerun_half, setups_for_half
 from ..study.report import setup_label
 from .format import bracket, num, signed, table
 from .paper import interval_clause
@@ -32,15 +32,18 @@ def _models(study: Dict[str, Any]) -> List[tuple]:
 
 
 def _noise_rows(study: Dict[str, Any]) -> List[List[Any]]:
-    return [[label, m["runs"], len(m["setups"]), num(m["mean"]), num(m["run_sd"]),
-             "not measured" if m["setup_sd"] is None else num(m["setup_sd"]), bracket(m["low"], m["high"])]
+    return [[label, m["runs"], len(m["setups"]),
+             "; ".join(f"{name} {num(g['mean'])} ({g['n']})" for name, g in m["setups"].items()), num(m["mean"]),
+             num(m["run_sd"]), "not measured" if m["setup_sd"] is None else num(m["setup_sd"]),
+             bracket(m["low"], m["high"])]
             for label, m in _models(study)]
 
 
 def noise_components(study: Dict[str, Any]) -> str:
-    """Each result's noise model: runs, setups, mean, run sd, setup sd and the 95% interval of the mean."""
-    return table(["result", "runs", "setups", "mean", "run sd", "setup sd", "95% interval of the mean"],
-                 _noise_rows(study))
+    """Each result's noise model: runs, setups, the mean on each setup (runs), the mean of all runs, run sd,
+    setup sd and the 95% interval of the mean."""
+    return table(["result", "runs", "setups", "mean per setup (runs)", "mean", "run sd", "setup sd",
+                  "95% interval of the mean"], _noise_rows(study))
 
 
 def study_setup(study: Dict[str, Any]) -> str:
@@ -64,8 +67,21 @@ def headline(study: Dict[str, Any]) -> str:
         sentences.append(
             f"{clause[0].upper()}{clause[1:]}: {signed(mean)} AP, 95% interval {bracket(low, high)} "
             f"(±{num(dec['total_half'])}: runs and setups ±{num(dec['training_half'])}, validation images "
-            f"±{num(dec['validation_half'])}), over {runs} paired runs on {setups} setup{'s' if setups > 1 else ''}.")
+            f"±{num(dec['validation_half'])}), over {runs} paired runs on {setups} setup{'s' if setups > 1 else ''}."
+            + _setups_needed(d))
     return " ".join(sentences)
+
+
+def _setups_needed(diff: Dict[str, Any], half: float = 1.0, seeds: int = 2) -> str:
+    """Where a setup part was measured and the total interval is wider than ±``half``: how many setups of
+    ``seeds`` seeds would bring it to ±``half`` (more seeds on the same setups cannot)."""
+    dec = diff["decomposition"]
+    if diff["noise"].get("setup_sd") is None or dec["total_half"] <= half:
+        return ""
+    needed = setups_for_half(diff["noise"], half, seeds, dec["validation_half"])
+    count = f"about {needed}" if needed else "more than 100"
+    return (f" The setup part dominates: ±{half:.1f} AP would take {count} setups of {seeds} seeds each "
+            f"(the measured run and setup sd taken as true).")
 
 
 def _difference(study: Dict[str, Any], variant: str, against: str) -> Optional[Dict[str, Any]]:

@@ -69,6 +69,23 @@ def rerun_half(model: Dict, seeds: int = 1) -> float:
     return _t(model["dof"]) * math.sqrt(variance)
 
 
+def setups_for_half(model: Dict, half: float, seeds_per_setup: int = 2, validation_half: float = 0.0,
+                    most: int = 100) -> Optional[int]:
+    """The fewest setups S >= 2, each with ``seeds_per_setup`` runs, that bring the interval of the effect to
+    ``half`` together with ``validation_half`` (added in quadrature), taking the measured run and setup sd as
+    true: t(0.975, S - 1) x sqrt(setup^2 / S + run^2 / (S x seeds)) <= sqrt(half^2 - validation^2) (a balanced
+    design: the between-setup mean square has S - 1 dof). None when ``most`` setups do not suffice or the
+    validation part alone is wider; needs a measured setup sd (several setups)."""
+    if model.get("setup_sd") is None or validation_half >= half:
+        return None
+    budget = math.sqrt(half ** 2 - validation_half ** 2)
+    for setups in range(2, most + 1):
+        spread = math.sqrt(model["setup_sd"] ** 2 / setups + model["run_sd"] ** 2 / (setups * seeds_per_setup))
+        if t_quantile_975(setups - 1) * spread <= budget:
+            return setups
+    return None
+
+
 def _t(dof: float) -> float:
     """t(0.975) at ``dof`` rounded down (a fractional Satterthwaite dof errs wide)."""
     return t_quantile_975(max(1, int(math.floor(dof))))
