@@ -338,19 +338,14 @@ def test_runs_made_on_another_setup_join_one_noise_model(study, tiny_data, tmp_p
 def test_one_setup_imported_under_two_names_is_refused():
     """More threads than cores run as many threads as cores: such a study repeats another's digits, and
     importing both as setups would count the same runs twice."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_variants_tool", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    from dsanet.errors import UserInputError
+    from dsanet_lab.study.report import check_distinct_setups
 
     cpu = {"model_name": "Some CPU", "family": "6", "model": "1", "flags": {}}
     def replicate(name, threads):
         return {"variant": "v", "seed": 0, "setup_name": name, "metrics": {"AP": 1.0},
                 "setup": {"machine": {"cpu": cpu, "torch_threads": threads}}}
-    tool.check_distinct_setups([replicate("threads2", 2), replicate("threads4", 4)])
-    tool.check_distinct_setups([replicate("a", None), replicate("b", None)])  # threads not recorded: cannot tell
-    tool.check_distinct_setups([{**replicate("a", 2), "setup": None}, {**replicate("b", 2), "setup": None}])
+    check_distinct_setups([replicate("threads2", 2), replicate("threads4", 4)])
+    check_distinct_setups([replicate("a", None), replicate("b", None)])  # threads not recorded: cannot tell
+    check_distinct_setups([{**replicate("a", 2), "setup": None}, {**replicate("b", 2), "setup": None}])
     with pytest.raises(UserInputError, match="--import-setup threads3 and --import-setup threads2: both ran on"):
-        tool.check_distinct_setups([replicate("threads2", 2), replicate("threads3", 2)])
+        check_distinct_setups([replicate("threads2", 2), replicate("threads3", 2)])

@@ -38,7 +38,7 @@ from dsanet.errors import UserInputError, exit_with_status_of
 from dsanet.evaluation import PAPER_METRICS
 from dsanet_lab.provenance import provenance
 from dsanet_lab.study import StudyRunner, parse_comparison, parse_eval_variant, parse_variant, plan_runs, write_report
-from dsanet_lab.study.report import setup_label
+from dsanet_lab.study.report import check_distinct_setups
 from dsanet_lab.study.runner import read_study
 from dsanet_lab.study.variants import check_variants
 
@@ -69,26 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides for every run")
     return parser.parse_args(argv)
-
-
-def check_distinct_setups(replicates) -> None:
-    """Two --import-setup names whose runs all ran on one recorded setup (processor and torch threads) are one
-    setup: counted twice, its runs would pass for independent. (Asking for more threads than cores gives as
-    many threads as cores, so such a study repeats another's digits.)"""
-    labels = {}
-    for replicate in replicates:
-        machine = (replicate.get("setup") or {}).get("machine") or {}
-        recorded = machine.get("cpu") and machine.get("torch_threads") is not None
-        labels.setdefault(replicate["setup_name"], set()).add(setup_label(replicate["setup"]) if recorded else None)
-    seen = {}
-    for name, found in labels.items():
-        if len(found) != 1 or None in found:  # several setups under one name, or one not recorded: cannot tell
-            continue
-        [label] = found
-        if label in seen:
-            raise UserInputError(f"--import-setup {name} and --import-setup {seen[label]}: both ran on {label}; "
-                                 "one setup imported twice would count its runs as independent")
-        seen[label] = name
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ each result's run and setup parts, the headline difference in plain words, and w
 from typing import Any, Dict, List, Optional
 
 from ..study.noise import rerun_half, setups_for_half
-from ..study.report import setup_label
+from ..study.report import setup_key, setup_label
+from ..study.stats import chi2_cdf, mean_std
 from .format import bracket, num, signed, table
 from .paper import interval_clause
 from .studies import total_estimate
@@ -124,7 +125,6 @@ def seed_check(data: Dict[str, Any]) -> str:
 def earlier_seeds(earlier: Dict[str, Any], study: Dict[str, Any]) -> str:
     """Each model of an earlier study over its seeds against this study's run sd: the chance, under the noise
     model, that seeds of one setup spread as little as the earlier ones did (chi-squared, n - 1 dof)."""
-    from ..study.stats import chi2_cdf, mean_std
     rows = []
     for name, model in (study.get("noise") or {}).items():
         values = [run["metrics"]["AP"] for run in earlier["runs"] if run["variant"] == name and run.get("metrics")]
@@ -162,8 +162,7 @@ def first_commit_rerun(earlier: Dict[str, Any], rerun: Dict[str, Any], study: Di
 
 def _same_setup(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
     """Whether two runs' setups are one processor model with one thread count (their machine records)."""
-    ma, mb = (a or {}).get("machine"), (b or {}).get("machine")
-    return bool(ma and mb) and setup_label(a) == setup_label(b)
+    return setup_key(a) is not None and setup_key(a) == setup_key(b)
 
 
 def imported_and_reproduced(study: Dict[str, Any], *kept: Dict[str, Any]) -> str:

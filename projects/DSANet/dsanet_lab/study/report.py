@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from dsanet.errors import UserInputError
 from dsanet.fileio import atomic_write, write_json, write_text
 from .bootstrap import BOOTSTRAP_METHOD, BOOTSTRAP_METRICS, Replicated, paired_bootstrap
 from ..provenance import cpu_summary
@@ -183,6 +184,31 @@ def setup_label(setup: Optional[Dict]) -> str:
         return "machine not recorded"
     threads = machine.get("torch_threads")
     return f"{cpu_summary(machine['cpu'])}, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def setup_key(setup: Optional[Dict]) -> Optional[str]:
+    """What makes two runs' setups one: :func:`setup_label` where the processor and the torch thread count
+    were recorded, None where they were not (such a setup cannot be told from another)."""
+    machine = (setup or {}).get("machine") or {}
+    return setup_label(setup) if machine.get("cpu") and machine.get("torch_threads") is not None else None
+
+
+def check_distinct_setups(replicates: Sequence[Dict]) -> None:
+    """Refuse two setup names (``StudyRunner.import_setup``'s ``setup_name``) whose runs all ran on one
+    recorded setup: counted twice, its runs would pass for independent. (Asking for more threads than cores
+    gives as many threads as cores, so such a study repeats another's digits.)"""
+    keys: Dict[str, set] = {}
+    for replicate in replicates:
+        keys.setdefault(replicate["setup_name"], set()).add(setup_key(replicate.get("setup")))
+    seen: Dict[str, str] = {}
+    for name, found in keys.items():
+        if len(found) != 1 or None in found:  # several setups under one name, or one not recorded: cannot tell
+            continue
+        [key] = found
+        if key in seen:
+            raise UserInputError(f"--import-setup {name} and --import-setup {seen[key]}: both ran on {key}; "
+                                 "one setup imported twice would count its runs as independent")
+        seen[key] = name
 
 
 def _noise_markdown(runs, replicates, noise: Dict[str, Optional[Dict]], differences) -> List[str]:

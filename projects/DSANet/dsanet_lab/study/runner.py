@@ -64,16 +64,17 @@ class Run:
         trained = [i for i in read_invocations(self.directory) if not i.get("eval_only")]
         if trained:
             return {key: trained[-1].get(key) for key in ("date", "machine", "data", "code")}
-        try:
-            return json.loads((self.directory / MARKER).read_text()).get("setup")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return self._marker_field("setup")
 
     @property
     def imported_from(self) -> Optional[str]:
         """The kept results file the run was read from (``--import-results``), None for a run made here."""
+        return self._marker_field("imported_from")
+
+    def _marker_field(self, key: str):
+        """``key`` of the run's marker (None when the marker or the key is missing or unreadable)."""
         try:
-            return json.loads((self.directory / MARKER).read_text()).get("imported_from")
+            return json.loads((self.directory / MARKER).read_text()).get(key)
         except (OSError, ValueError, AttributeError):
             return None
 
